@@ -1,0 +1,1 @@
+"""Alembic migrations: one linear history, one Postgres schema per domain."""

@@ -1,0 +1,1 @@
+"""Domain workers (users, patients, imaging, system) and the runtime they share."""

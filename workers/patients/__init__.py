@@ -1,0 +1,2 @@
+"""The patients worker. Its domain comes with its own issue; today it declares its queues and
+answers `patients.ping`."""

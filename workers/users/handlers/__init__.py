@@ -1,0 +1,7 @@
+"""Handlers of the users worker, by area. Importing this package registers them all."""
+
+from workers.runtime.registry import HandlerRegistry
+
+registry = HandlerRegistry("users")
+
+from workers.users.handlers import accounts, auth, departments  # noqa: E402, F401
