@@ -1,0 +1,209 @@
+"""Helpers for tests: the process stack, signed-in users of each role, an event tap on the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+
+ROLES = ("system_admin", "physician", "radiologist", "imaging_technician", "reception_staff")
+PASSWORD = "Stable-Test-Passw0rd!"
+
+
+class Stack:
+    """The real processes of the system, as subprocesses with their logs in files."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        self.env = env
+        self.root = root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = Path(env["TEST_LOG_DIR"])
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['EDGE_PORT']}"
+
+    @property
+    def relay_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['RELAY_PORT']}"
+
+    def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=self.root,
+                                env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_of(name)[-3000:]}")
+            try:
+                ready = httpx.get(f"{self.edge_url}/ready", timeout=5)
+                relay = httpx.get(f"{self.relay_url}/health", timeout=5)
+                if ready.status_code == 200 and relay.status_code == 200:
+                    return
+                last = ready.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not ready: {last}")
+
+    def log_of(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs.glob("*.log"))
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def unique(prefix: str = "") -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+@dataclass
+class Person:
+    id: str
+    role: str
+    email: str
+    password: str
+    token: str
+    refresh: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def login(api: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+    return await api.post("/auth/login", json={"email": email, "password": password})
+
+
+async def make_user(api: httpx.AsyncClient, admin: dict[str, str], role: str, *, activate: bool = True,
+                    **fields: Any) -> Person:
+    """Create a staff account as the admin; with `activate`, sign in, set a new password and sign
+    in again, so the returned token is a normal one (no pending password change)."""
+    name = unique("u")
+    body = {"username": name, "email": f"{name}@test.local", "password": "Initial-Pass-123!",
+            "firstName": "Test", "lastName": name.title(), "role": role, **fields}
+    r = await api.post("/users", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    user = r.json()
+    r = await login(api, body["email"], body["password"])
+    assert r.status_code == 200, r.text
+    pair = r.json()
+    password = body["password"]
+    if activate:
+        r = await api.post("/auth/me/password", json={"currentPassword": password, "newPassword": PASSWORD},
+                           headers={"Authorization": f"Bearer {pair['accessToken']}"})
+        assert r.status_code == 204, r.text
+        password = PASSWORD
+        r = await api.post("/auth/refresh", json={"refreshToken": pair["refreshToken"]})
+        assert r.status_code == 200, r.text
+        pair = r.json()
+    return Person(user["id"], role, body["email"], password, pair["accessToken"], pair["refreshToken"], user)
+
+
+class EventTap:
+    """A private queue bound to the `events` exchange: what was really published, and when."""
+
+    def __init__(self, amqp_url: str, *keys: str) -> None:
+        self.amqp_url = amqp_url
+        self.keys = keys or ("#",)
+        self.events: list[dict[str, Any]] = []
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> EventTap:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange("events", aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        for key in self.keys:
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.events.append(json.loads(message.body))
+        self._arrived.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The first event matching `predicate`, waiting for it to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                types = [e["type"] for e in self.events]
+                raise AssertionError(f"no matching event within {timeout}s; saw {types}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def settle(self, quiet: float = 0.5) -> None:
+        """Wait until no event has arrived for `quiet` seconds."""
+        while True:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), quiet)
+            except TimeoutError:
+                return
+
+
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async `check` until it returns a truthy value (eventual consistency, not timing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")
