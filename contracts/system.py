@@ -89,6 +89,17 @@ AUDIT_EVENT_TYPES: dict[str, type[AuditRecord]] = {
 }
 
 
+def audit_event_type(domain: str) -> type[AuditRecord]:
+    """`<domain>.audit.recorded`, registered on first use for a domain without its own class."""
+    kind = AUDIT_EVENT_TYPES.get(domain)
+    if kind is None:
+        kind = event(f"{domain}.audit.recorded", relay=False)(
+            type(f"{domain.title()}AuditRecorded", (AuditRecord,), {})
+        )
+        AUDIT_EVENT_TYPES[domain] = kind
+    return kind
+
+
 class AuditEventView(View):
     id: UUID
     occurred_at: datetime

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +17,97 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import httpx
+import redis
 
 ROLES = ("system_admin", "physician", "radiologist", "imaging_technician", "reception_staff")
 PASSWORD = "Stable-Test-Passw0rd!"
+
+
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_BASE = os.environ.get("TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+REDIS_HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@dataclass
+class PrivateServices:
+    """A Postgres database, a RabbitMQ vhost and a Redis logical db of one's own, on the
+    machine's real servers; `destroy()` removes all three. Used by the tests and the benches."""
+
+    suffix: str
+    db_name: str
+    vhost: str
+    redis_db: int
+
+    @classmethod
+    def create(cls, prefix: str = "imaging_test") -> PrivateServices:
+        suffix = secrets.token_hex(4)
+        db_name = vhost = f"{prefix}_{suffix}"
+
+        async def create_db() -> None:
+            conn = await asyncpg.connect(PG_ADMIN)
+            try:
+                await conn.execute(f'CREATE DATABASE "{db_name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create_db())
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return cls(suffix, db_name, vhost, cls._claim_redis_db())
+
+    @staticmethod
+    def _claim_redis_db() -> int:
+        """A Redis logical database no other run is using (marked by a key with a TTL)."""
+        for db in range(15, 0, -1):
+            client = redis.Redis(host=REDIS_HOST, port=6379, db=db)
+            if client.set("test-run:lock", "1", nx=True, ex=3600):
+                client.flushdb()
+                client.set("test-run:lock", "1", ex=3600)
+                return db
+        raise RuntimeError("no free Redis database for this run")
+
+    def env(self, root: Path, logs: Path, **overrides: str) -> dict[str, str]:
+        """The environment of every process of this private stack (free ports, quiet defaults)."""
+        return {
+            **os.environ,
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}",
+            "AMQP_URL": f"{AMQP_BASE}/{self.vhost}",
+            "REDIS_URL": f"redis://{REDIS_HOST}:6379/{self.redis_db}",
+            "EDGE_PORT": str(free_port()),
+            "RELAY_PORT": str(free_port()),
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "ADMIN_EMAIL": "admin@test.local",
+            "ADMIN_PASSWORD": "Seed-Secret-For-Tests-1",
+            "TEST_LOG_DIR": str(logs),
+            "PYTHONPATH": str(root),
+            **overrides,
+        }
+
+    def destroy(self) -> None:
+        async def drop_db() -> None:
+            conn = await asyncpg.connect(PG_ADMIN)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop_db())
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, timeout=120)
+        redis.Redis(host=REDIS_HOST, port=6379, db=self.redis_db).flushdb()
 
 
 class Stack:
@@ -45,6 +133,19 @@ class Stack:
                                 env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
+
+    def boot(self) -> None:
+        """Migrate, seed the admin, start every process, wait until /ready says so."""
+        for args in (["migrate"], ["seed-admin"]):
+            done = subprocess.run([sys.executable, "-m", "workers.cli", *args], env=self.env, cwd=self.root,
+                                  capture_output=True, text=True, timeout=180)
+            if done.returncode != 0:
+                raise RuntimeError(f"imagingctl {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        for name, args in (("users", ["worker", "users"]), ("patients", ["worker", "patients"]),
+                           ("imaging", ["worker", "imaging"]), ("system", ["worker", "system"]),
+                           ("edge", ["edge"]), ("relay", ["relay"])):
+            self.start(name, args)
+        self.wait_ready(timeout=60)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -108,8 +209,18 @@ class Person:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-async def login(api: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-    return await api.post("/auth/login", json={"email": email, "password": password})
+def loopback_address() -> str:
+    """A random 127.x.y.z source address: every address of 127/8 reaches the edge on loopback, so
+    helper sign-ins are spread over many client IPs and never trip the per-IP sign-in limit
+    that a dedicated test exercises on purpose."""
+    return f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+
+
+async def login(api: httpx.AsyncClient, email: str, password: str, *, source: str | None = None) -> httpx.Response:
+    """POST /auth/login from `source` (a fresh random loopback address unless given)."""
+    transport = httpx.AsyncHTTPTransport(local_address=source or loopback_address())
+    async with httpx.AsyncClient(base_url=api.base_url, transport=transport, timeout=30) as client:
+        return await client.post("/auth/login", json={"email": email, "password": password})
 
 
 async def make_user(api: httpx.AsyncClient, admin: dict[str, str], role: str, *, activate: bool = True,

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.envelope import Actor, Envelope, Event, encode, make_envelope, now_utc
 from contracts.settings import Settings
-from contracts.system import AUDIT_EVENT_TYPES, AuditOutcome
+from contracts.system import AuditOutcome, audit_event_type
 
 
 @dataclass(slots=True)
@@ -89,7 +89,7 @@ class UnitOfWork:
     def audit_record(self, action: str, outcome: AuditOutcome, target: AuditTarget,
                      coalesce: bool = False) -> Event:
         a = self.envelope.actor
-        return AUDIT_EVENT_TYPES[self.domain](
+        return audit_event_type(self.domain)(
             occurred_at=self.now,
             action=action,
             outcome=outcome,
