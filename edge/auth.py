@@ -211,6 +211,9 @@ class AuthMiddleware:
         rule: Access | None = handler.opt.get("access") if handler is not None else None
         state = scope["app"].state
         if rule is None:
+            if scope.get("method") == "OPTIONS":  # Litestar's own preflight handlers
+                await self.app(scope, receive, send)
+                return
             raise DomainError("this route has no access rule", code="internal_error")
         token = bearer_of(scope)
         if rule.public:

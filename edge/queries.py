@@ -66,6 +66,7 @@ def parse_query(request: Request, struct: type[T], *, me: tuple[str, ...] = (), 
         return msgspec.convert(data, struct, strict=False)
     except msgspec.ValidationError as exc:
         field, _, detail = describe_validation_error(str(exc))
+        field = field.split("/", 1)[0]  # the parameter, not the position in its comma list
         raise BadRequest(f"{field}: {detail}", code="invalid_filter", field=field) from exc
 
 

@@ -188,7 +188,7 @@ def print_asyncapi() -> None:
     print(json.dumps(asyncapi_document(), indent=2))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagingctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,7 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run-all")
     reset_cmd = sub.add_parser("reset")
     reset_cmd.add_argument("--yes", action="store_true", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         get_settings()
     except SettingsError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support import EventTap, Person, Stack, make_user, unique
+from tests.support import EventTap, Stack, make_user, unique
 
 pytestmark = pytest.mark.asyncio
 

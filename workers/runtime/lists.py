@@ -35,7 +35,9 @@ async def fetch_page(conn: AsyncConnection, stmt: Select[Any], params: ListParam
     rows = (await conn.execute(ordered.limit(params.limit).offset((params.page - 1) * params.limit))).all()
     if params.page == 1 and len(rows) < params.limit:
         return rows, len(rows), False
-    capped = stmt.with_only_columns(literal(1)).order_by(None).limit(MAX_WINDOW + 1).subquery()
+    capped = (
+        stmt.with_only_columns(literal(1), maintain_column_froms=True).order_by(None).limit(MAX_WINDOW + 1).subquery()
+    )
     total = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
     if total > MAX_WINDOW:
         return rows, MAX_WINDOW + 1, True

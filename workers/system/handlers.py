@@ -61,9 +61,10 @@ async def store_audit_event(ev: AuditRecord, uow: UnitOfWork) -> None:
     first = (
         await uow.conn.execute(
             select(audit_events.c.id)
+            # Delivery may reorder reads: merge into an entry begun within 5 minutes either side.
             .where(audit_events.c.coalesce_key == key,
                    audit_events.c.occurred_at > ev.occurred_at - COALESCE_WINDOW,
-                   audit_events.c.occurred_at <= ev.occurred_at)
+                   audit_events.c.occurred_at < ev.occurred_at + COALESCE_WINDOW)
             .order_by(audit_events.c.occurred_at.desc())
             .limit(1)
         )
