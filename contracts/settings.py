@@ -60,7 +60,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_rate_limit_per_minute: int = 600
 
     worker_prefetch: int = 64
-    worker_concurrency: int = 32
     delivery_limit: int = 5
     retry_backoff: tuple[float, ...] = (1.0, 4.0, 16.0)
     shutdown_grace: float = 30.0
@@ -84,7 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     log_level: str = "INFO"
     log_format: str = "json"
-    metrics_port: int = 0
+    metrics_port: int = 0  # workers: Prometheus on this port (0 = off); run-all adds 1 per worker
 
     @property
     def is_development(self) -> bool:

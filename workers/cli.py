@@ -91,6 +91,10 @@ def run_worker(domain: str) -> None:
 
     settings = get_settings()
     setup_logging(f"worker-{domain}", settings.log_level, settings.log_format)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
     _uvloop()
     asyncio.run(build_worker(domain, settings).run_forever())
 
@@ -146,13 +150,18 @@ async def _supervise() -> None:
             sys.stdout.buffer.write(prefix + line)
             sys.stdout.flush()
 
+    base_metrics = get_settings().metrics_port
+
     async def keep(name: str, args: list[str]) -> None:
         delay = 1.0
+        env = dict(os.environ)
+        if base_metrics and args[0] == "worker":
+            env["METRICS_PORT"] = str(base_metrics + 1 + [n for n, _ in PROCESSES].index(name))
         while not stop.is_set():
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "workers.cli", *args,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=env,
             )
             children[name] = proc
             assert proc.stdout is not None
