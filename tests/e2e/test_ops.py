@@ -143,3 +143,53 @@ async def test_idempotency_key(api: httpx.AsyncClient, admin: dict[str, str], st
         await client.aclose()
     too_long = await api.post("/departments", json=body, headers={**admin, "Idempotency-Key": "k" * 129})
     assert too_long.status_code == 400
+
+
+async def test_timeout_is_504_with_the_command_id_and_the_command_still_completes(
+    api: httpx.AsyncClient, admin: dict[str, str], stack: Stack
+) -> None:
+    """An edge that waits only 1 ms for replies: the client gets 504 `timeout` naming the command,
+    and the command, already on the broker, completes anyway."""
+    from tests.support import free_port
+
+    port = free_port()
+    stack.start("edge-impatient", ["edge"], {"EDGE_PORT": str(port), "COMMAND_TIMEOUT": "1ms"})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as impatient:
+            async def up() -> bool:
+                try:
+                    return (await impatient.get("/health")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            from tests.support import eventually
+
+            await eventually(up, timeout=30)
+            code = unique("T").upper()[:10]
+            r = await impatient.post("/departments", json={"code": code, "name": "Late"}, headers=admin)
+            assert r.status_code == 504, r.text
+            problem = r.json()
+            assert problem["code"] == "timeout" and problem["commandId"]
+
+        async def created() -> bool:
+            return (await api.get(f"/departments/by-code/{code}", headers=admin)).status_code == 200
+
+        await eventually(created)
+    finally:
+        stack.stop("edge-impatient")
+
+
+async def test_ready_reports_a_missing_worker(api: httpx.AsyncClient, stack: Stack) -> None:
+    stack.stop("imaging")
+    try:
+        r = await api.get("/ready")
+        assert r.status_code == 503
+        assert r.json()["checks"]["worker:imaging"]["status"] != "ok"
+    finally:
+        stack.start("imaging", ["worker", "imaging"])
+    from tests.support import eventually
+
+    async def back() -> bool:
+        return (await api.get("/ready")).status_code == 200
+
+    await eventually(back, timeout=30)
