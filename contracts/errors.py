@@ -156,3 +156,9 @@ _BY_STATUS: dict[int, type[DomainError]] = {
 def invalid_field(field: str, code: str, detail: str) -> Invalid:
     """422 validation_failed naming one field, the shape every route uses for bad input."""
     return Invalid(detail, field=field, errors=[FieldError(field=field, code=code, detail=detail)])
+
+
+def reference_error(field: str, code: str, detail: str) -> Invalid:
+    """422 for a body id naming no usable record; the code says why (`invalid_reference`,
+    `inactive_reference`, …), on that field (spec README §5)."""
+    return Invalid(detail, code=code, field=field, errors=[FieldError(field=field, code=code, detail=detail)])

@@ -20,6 +20,16 @@ import msgspec
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 
 _SECRET_KEY = re.compile(r"(password|pin|token|secret|apikey|api_key|authorization|cookie|^code$|otp)", re.I)
+# A secret in a URL's query string (e.g. a WebSocket handshake line logged by the server).
+_SECRET_IN_TEXT = re.compile(r"((?:access_token|refresh_token|token|password|pin|code|api_key)=)[^&\s\"']+", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+
+
+def scrub(text: str) -> str:
+    """Mask secrets inside free text: query-string values and bearer tokens."""
+    if "=" not in text and "earer" not in text:
+        return text
+    return _BEARER.sub(r"\1***", _SECRET_IN_TEXT.sub(r"\1***", text))
 _json = msgspec.json.Encoder()
 
 
@@ -44,7 +54,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "proc": self.process_name,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         cid = correlation_id.get()
         if cid:
@@ -62,7 +72,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s " + process_name + " %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = scrub(super().format(record))
         cid = correlation_id.get()
         fields = getattr(record, "fields", None)
         extra = {**({"correlationId": cid} if cid else {}), **(mask(fields) if fields else {})}

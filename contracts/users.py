@@ -240,6 +240,9 @@ class UserPatch(Struct):
     staff_number: StaffNumber | UnsetType | None = UNSET
     department_id: UUID | UnsetType | None = UNSET
     email_otp_enabled: bool | UnsetType = UNSET
+    # accepted only to be refused with 422 `use_transition`: the state moves by /disable and /enable
+    is_active: Annotated[bool, Meta(description="not patchable (422 use_transition): use /disable, /enable")
+                         ] | UnsetType = UNSET
 
 
 @command("users.update_user", result=UserDetail, summary="Change a user (ADM); a role change ends sessions")
@@ -252,22 +255,26 @@ class UpdateUser(Struct):
 @command("users.delete_user", summary="Soft-delete a user (ADM); sessions end")
 class DeleteUser(Struct):
     id: UUID
+    if_match: int | None = None
 
 
 @command("users.restore_user", result=UserDetail, summary="Restore a deleted user (comes back disabled)")
 class RestoreUser(Struct):
     id: UUID
+    if_match: int | None = None
 
 
 @command("users.disable_user", result=UserDetail, summary="Disable a user (ADM); sessions end")
 class DisableUser(Struct):
     id: UUID
     reason: Reason | None = None
+    if_match: int | None = None
 
 
 @command("users.enable_user", result=UserDetail, summary="Enable a disabled user (ADM)")
 class EnableUser(Struct):
     id: UUID
+    if_match: int | None = None
 
 
 @command("users.reset_password", summary="Set a new password (ADM); it must be changed at next sign-in")

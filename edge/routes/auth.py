@@ -35,8 +35,12 @@ COOKIE_PATH = "/auth"
 TAGS = ["auth"]
 
 
+MAX_REFRESH_TOKEN = 200  # `<sid>.<secret>`; anything longer names no session
+
+
 class RefreshBody(Struct):
-    refresh_token: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    # generous bound: an over-long token is simply not a refresh token (401), not a malformed body
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
 
 
 class _RefreshPart(msgspec.Struct, rename="camel"):
@@ -45,12 +49,13 @@ class _RefreshPart(msgspec.Struct, rename="camel"):
 
 
 _refresh_part = msgspec.json.Decoder(_RefreshPart)
-_refresh_body = msgspec.json.Decoder(RefreshBody)
 
 
 def _with_cookie(response: Response[Any]) -> Response[Any]:
-    """Mirror the new refresh token into the httpOnly, Secure, SameSite=Strict cookie."""
+    """Mirror the new refresh token into the httpOnly, Secure, SameSite=Strict cookie; a token
+    response is never cached (RFC 6749 §5.1)."""
     part = _refresh_part.decode(response.content)
+    response.headers["Cache-Control"] = "no-store"
     max_age = max(0, int((part.refresh_token_expires_at - datetime.now(part.refresh_token_expires_at.tzinfo))
                          .total_seconds()))
     response.cookies.append(Cookie(key=COOKIE, value=part.refresh_token, path=COOKIE_PATH, httponly=True,
@@ -64,12 +69,10 @@ def _cleared(response: Response[Any]) -> Response[Any]:
     return response
 
 
-async def _presented_refresh(request: Request) -> str | None:
-    raw = await request.body()
-    token = None
-    if raw.strip():
-        token = _refresh_body.decode(raw).refresh_token
-    return token or request.cookies.get(COOKIE)
+def _presented_refresh(request: Request, data: RefreshBody | None) -> str | None:
+    """The refresh token of the body, else of the cookie; one too long to be ours counts as none."""
+    token = (data.refresh_token if data else None) or request.cookies.get(COOKIE)
+    return token if token and len(token) <= MAX_REFRESH_TOKEN else None
 
 
 @post("/auth/login", operation_id="Login", opt=public(), tags=TAGS, status_code=200,
@@ -83,9 +86,9 @@ async def login(request: Request, data: Login) -> TokenPair:
 async def refresh(request: Request, data: RefreshBody | None = None) -> TokenPair:
     from contracts.users import RefreshSession
 
-    token = (data.refresh_token if data else None) or request.cookies.get(COOKIE)
+    token = _presented_refresh(request, data)
     if not token:
-        raise Unauthenticated("no refresh token in the body or the cookie", code="invalid_refresh_token")
+        raise Unauthenticated("no valid refresh token in the body or the cookie", code="invalid_refresh_token")
     return _with_cookie(await send(request, RefreshSession(refresh_token=token)))  # type: ignore[return-value]
 
 
@@ -93,7 +96,7 @@ async def refresh(request: Request, data: RefreshBody | None = None) -> TokenPai
       summary="End this session (by access token, refresh token body or cookie); clears the cookie")
 async def logout(request: Request, data: RefreshBody | None = None) -> None:
     principal = request.scope.get("user")
-    token = (data.refresh_token if data else None) or request.cookies.get(COOKIE)
+    token = _presented_refresh(request, data)
     if principal is not None:
         await send(request, RevokeSession(session_id=principal.session_id, reason=RevokeReason.LOGOUT), empty=True)
     elif token:

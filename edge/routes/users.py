@@ -80,26 +80,28 @@ async def update_user(request: Request, user_id: UUID, data: UserPatch) -> UserD
 @delete("/users/{user_id:uuid}", operation_id="DeleteUser", opt=roles(ADM), tags=TAGS,
         summary="Soft-delete a user; their sessions end")
 async def delete_user(request: Request, user_id: UUID) -> None:
-    await send(request, DeleteUser(id=user_id), empty=True)
+    await send(request, DeleteUser(id=user_id, if_match=if_match(request)), empty=True)
 
 
 @post("/users/{user_id:uuid}/restore", operation_id="RestoreUser", opt=roles(ADM), tags=TAGS, status_code=200,
       summary="Restore a deleted user (comes back disabled)")
 async def restore_user(request: Request, user_id: UUID) -> UserDetail:
-    return await send(request, RestoreUser(id=user_id), etag=True)  # type: ignore[return-value]
+    cmd = RestoreUser(id=user_id, if_match=if_match(request))
+    return await send(request, cmd, etag=True)  # type: ignore[return-value]
 
 
 @post("/users/{user_id:uuid}/disable", operation_id="DisableUser", opt=roles(ADM), tags=TAGS, status_code=200,
       summary="Disable a user; their sessions end at once")
 async def disable_user(request: Request, user_id: UUID, data: DisableBody | None = None) -> UserDetail:
-    cmd = DisableUser(id=user_id, reason=data.reason if data else None)
+    cmd = DisableUser(id=user_id, reason=data.reason if data else None, if_match=if_match(request))
     return await send(request, cmd, etag=True)  # type: ignore[return-value]
 
 
 @post("/users/{user_id:uuid}/enable", operation_id="EnableUser", opt=roles(ADM), tags=TAGS, status_code=200,
       summary="Enable a disabled user")
 async def enable_user(request: Request, user_id: UUID) -> UserDetail:
-    return await send(request, EnableUser(id=user_id), etag=True)  # type: ignore[return-value]
+    cmd = EnableUser(id=user_id, if_match=if_match(request))
+    return await send(request, cmd, etag=True)  # type: ignore[return-value]
 
 
 @post("/users/{user_id:uuid}/reset-password", operation_id="ResetUserPassword", opt=roles(ADM), tags=TAGS,

@@ -9,7 +9,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import Role, UserRef
-from contracts.errors import NotFound, invalid_field
+from contracts.errors import NotFound, reference_error
 from contracts.users import DepartmentView, UserDetail, UserSummary
 from workers.users.tables import departments, users
 
@@ -72,9 +72,9 @@ async def live_department(conn: AsyncConnection, department_id: UUID, field: str
         )
     ).first()
     if row is None:
-        raise invalid_field(field, "invalid_reference", "no such department")
+        raise reference_error(field, "invalid_reference", "no such department")
     if not row.is_active:
-        raise invalid_field(field, "inactive_reference", "the department is not active")
+        raise reference_error(field, "inactive_reference", "the department is not active")
     return row
 
 

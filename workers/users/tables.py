@@ -63,6 +63,11 @@ USER_SEARCH = literal_column(
     "public.f_unaccent(lower(users.users.username || ' ' || users.users.email || ' ' || "
     "users.users.first_name || ' ' || users.users.last_name || ' ' || coalesce(users.users.staff_number, '')))"
 )
+# The directory shows summaries, which carry no e-mail: it is not searchable there either.
+DIRECTORY_SEARCH = literal_column(
+    "public.f_unaccent(lower(users.users.username || ' ' || users.users.first_name || ' ' || "
+    "users.users.last_name || ' ' || coalesce(users.users.staff_number, '')))"
+)
 DEPARTMENT_SEARCH = literal_column(
     "public.f_unaccent(lower(users.departments.code || ' ' || users.departments.name))"
 )

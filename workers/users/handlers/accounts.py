@@ -10,7 +10,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page, Role, UserRef
-from contracts.errors import Conflict, PreconditionFailed
+from contracts.errors import Conflict, Invalid, PreconditionFailed
 from contracts.users import (
     CreateUser,
     DeleteUser,
@@ -54,7 +54,7 @@ from workers.users.queries import (
     user_ref,
     user_summary,
 )
-from workers.users.tables import USER_SEARCH, departments, users
+from workers.users.tables import DIRECTORY_SEARCH, USER_SEARCH, departments, users
 
 _UNIQUE_FIELDS = {
     "uq_users_username": "username",
@@ -94,6 +94,18 @@ def _check_version(row: Any, if_match: int | None) -> None:
     if if_match is not None and row.version != if_match:
         raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
                                  code="version_mismatch", currentVersion=row.version)
+
+
+def _state(row: Any) -> str:
+    if row.deleted_at is not None:
+        return "deleted"
+    return "active" if row.is_active else "disabled"
+
+
+def _invalid_transition(row: Any, target: str) -> Conflict:
+    current = _state(row)
+    return Conflict(f"cannot go from {current} to {target}", code="invalid_transition",
+                    currentState=current, targetState=target)
 
 
 async def ensure_not_last_admin(uow: UnitOfWork, row: Any) -> None:
@@ -158,8 +170,8 @@ async def user_directory(q: UserDirectory, uow: UnitOfWork) -> Page[UserSummary]
     stmt = select(*USER_COLUMNS).where(users.c.deleted_at.is_(None), users.c.is_active)
     if q.q:
         text = q.q.strip().lower()
-        stmt = stmt.where(or_(USER_SEARCH.like(func.public.f_unaccent(like_pattern(text))),
-                              func.public.f_unaccent(text).op("<%")(USER_SEARCH)))
+        stmt = stmt.where(or_(DIRECTORY_SEARCH.like(func.public.f_unaccent(like_pattern(text))),
+                              func.public.f_unaccent(text).op("<%")(DIRECTORY_SEARCH)))
     if q.role:
         stmt = stmt.where(users.c.role.in_([r.value for r in q.role]))
     if q.department_id is not None:
@@ -247,6 +259,9 @@ _PATCHABLE = ("username", "email", "first_name", "last_name", "role", "phone", "
 
 @registry.handles(UpdateUser)
 async def update_user(cmd: UpdateUser, uow: UnitOfWork) -> UserDetail:
+    if cmd.patch.is_active is not msgspec.UNSET:
+        raise Invalid("isActive changes only through POST /users/{id}/disable and /enable", code="use_transition",
+                      field="isActive")
     row = await load_user(uow.conn, cmd.id, lock=True)
     _check_version(row, cmd.if_match)
     patch = {k: v for k, v in msgspec.structs.asdict(cmd.patch).items() if v is not msgspec.UNSET}
@@ -294,10 +309,10 @@ async def _set_state(uow: UnitOfWork, user_id: UUID, **values: Any) -> Any:
 
 @registry.handles(DisableUser)
 async def disable_user(cmd: DisableUser, uow: UnitOfWork) -> UserDetail:
-    row = await load_user(uow.conn, cmd.id, lock=True)
-    if not row.is_active:
-        raise Conflict("cannot go from disabled to disabled", code="invalid_transition",
-                       currentState="disabled", targetState="disabled")
+    row = await load_user(uow.conn, cmd.id, live=False, lock=True)
+    _check_version(row, cmd.if_match)
+    if _state(row) != "active":
+        raise _invalid_transition(row, "disabled")
     await ensure_not_last_admin(uow, row)
     row = await _set_state(uow, cmd.id, is_active=False)
     await clear_head(uow, row.id)
@@ -309,10 +324,10 @@ async def disable_user(cmd: DisableUser, uow: UnitOfWork) -> UserDetail:
 
 @registry.handles(EnableUser)
 async def enable_user(cmd: EnableUser, uow: UnitOfWork) -> UserDetail:
-    row = await load_user(uow.conn, cmd.id, lock=True)
-    if row.is_active:
-        raise Conflict("cannot go from active to active", code="invalid_transition",
-                       currentState="active", targetState="active")
+    row = await load_user(uow.conn, cmd.id, live=False, lock=True)
+    _check_version(row, cmd.if_match)
+    if _state(row) != "disabled":
+        raise _invalid_transition(row, "active")
     row = await _set_state(uow, cmd.id, is_active=True)
     uow.emit(user_event(UserEnabled, row, ["isActive"]))
     return user_detail(row)
@@ -320,21 +335,25 @@ async def enable_user(cmd: EnableUser, uow: UnitOfWork) -> UserDetail:
 
 @registry.handles(DeleteUser)
 async def delete_user(cmd: DeleteUser, uow: UnitOfWork) -> None:
-    row = await load_user(uow.conn, cmd.id, lock=True)
+    row = await load_user(uow.conn, cmd.id, live=False, lock=True)
+    _check_version(row, cmd.if_match)
+    if _state(row) == "deleted":
+        raise _invalid_transition(row, "deleted")
     await ensure_not_last_admin(uow, row)
+    was_active = row.is_active
     row = await _set_state(uow, cmd.id, is_active=False, deleted_at=uow.now)
     await clear_head(uow, row.id)
     await revoke_all(uow, row.id, RevokeReason.USER_DELETED)
-    uow.emit(user_event(UserDeleted, row, ["deletedAt", "isActive"]))
+    uow.emit(user_event(UserDeleted, row, ["deletedAt", "isActive"] if was_active else ["deletedAt"]))
     return None
 
 
 @registry.handles(RestoreUser)
 async def restore_user(cmd: RestoreUser, uow: UnitOfWork) -> UserDetail:
     row = await load_user(uow.conn, cmd.id, live=False, lock=True)
-    if row.deleted_at is None:
-        raise Conflict("the user is not deleted", code="invalid_transition", currentState="active"
-                       if row.is_active else "disabled", targetState="restored")
+    _check_version(row, cmd.if_match)
+    if _state(row) != "deleted":
+        raise _invalid_transition(row, "restored")
     try:
         async with uow.conn.begin_nested():
             row = await _set_state(uow, cmd.id, deleted_at=None, is_active=False)
@@ -352,6 +371,7 @@ async def reset_password(cmd: ResetPassword, uow: UnitOfWork) -> None:
     row = await _set_state(uow, cmd.id, password_hash=hashed, must_change_password=True,
                            password_changed_at=uow.now)
     await revoke_all(uow, row.id, RevokeReason.PASSWORD_RESET)
+    await uow.services.limits.reset_account(row.email)  # the administrator's reset also lifts a sign-in lock
     uow.emit(PasswordChanged(user_id=row.id, by="admin", version=row.version))
     return None
 

@@ -10,7 +10,7 @@ import msgspec
 from sqlalchemy import select, update
 
 from contracts.envelope import encode
-from contracts.errors import Forbidden, NotFound, Unauthenticated, invalid_field
+from contracts.errors import Forbidden, NotFound, RateLimited, Unauthenticated, invalid_field
 from contracts.tokens import issue_access_token
 from contracts.users import (
     ChangePassword,
@@ -90,14 +90,23 @@ def _token_pair(uow: UnitOfWork, row: Any, sid: str, refresh_token: str, refresh
 async def login(cmd: Login, uow: UnitOfWork) -> TokenPair:
     svc = _svc(uow)
     email = cmd.email.strip().lower()
-    await svc.limits.hit_ip(uow.actor.ip)
-    await svc.limits.check_account(email)
+    try:
+        await svc.limits.hit_ip(uow.actor.ip)
+    except RateLimited:
+        uow.emit_always(LoginFailed(reason="rate_limited"))
+        raise
     row = (
         await uow.conn.execute(
             select(users).where(users.c.email == email)
             .order_by(users.c.deleted_at.is_(None).desc(), users.c.created_at.desc()).limit(1)
         )
     ).first()
+    try:
+        await svc.limits.check_account(email)
+    except RateLimited:
+        uow.emit_always(LoginFailed(reason="rate_limited", user_id=row.id if row else None))
+        uow.target("user", row.id if row else None)
+        raise
     if not await svc.hasher.verify(row.password_hash if row else None, cmd.password):
         await svc.limits.fail_account(email)
         uow.emit_always(LoginFailed(reason="invalid_credentials", user_id=row.id if row else None))

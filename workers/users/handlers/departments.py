@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page, Role
-from contracts.errors import BadRequest, Conflict, NotFound, invalid_field
+from contracts.errors import BadRequest, Conflict, NotFound, invalid_field, reference_error
 from contracts.users import (
     AssignDepartmentHead,
     CreateDepartment,
@@ -222,11 +222,11 @@ async def assign_department_head(cmd: AssignDepartmentHead, uow: UnitOfWork) -> 
             )
         ).first()
         if member is None:
-            raise invalid_field("userId", "invalid_reference", "no such user")
+            raise reference_error("userId", "invalid_reference", "no such user")
         if not member.is_active:
-            raise invalid_field("userId", "inactive_reference", "the user is disabled")
+            raise reference_error("userId", "inactive_reference", "the user is disabled")
         if member.department_id != cmd.id:
-            raise invalid_field("userId", "not_a_member", "the head must belong to the department")
+            raise reference_error("userId", "not_a_member", "the head must belong to the department")
     previous = row.head_user_id
     if previous != cmd.user_id:
         row = (
