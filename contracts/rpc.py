@@ -135,7 +135,7 @@ class RpcClient:
                 routing_key=name,
                 properties=aiormq.spec.Basic.Properties(
                     content_type="application/json",
-                    delivery_mode=1 if op.transient else 2,
+                    delivery_mode=1 if op.transient or op.kind == "query" else 2,
                     message_id=key,
                     correlation_id=key,
                     reply_to=REPLY_TO,

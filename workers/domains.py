@@ -11,9 +11,9 @@ from workers.runtime.consumer import Worker
 DOMAINS = ("users", "patients", "imaging", "system")
 
 
-def build_worker(domain: str, settings: Settings, *, queue_suffix: str = "") -> Worker:
+def build_worker(domain: str, settings: Settings) -> Worker:
     load_all()
-    builders: dict[str, Callable[[Settings, str], Worker]] = {
+    builders: dict[str, Callable[[Settings], Worker]] = {
         "users": _users,
         "patients": _patients,
         "imaging": _imaging,
@@ -21,29 +21,29 @@ def build_worker(domain: str, settings: Settings, *, queue_suffix: str = "") -> 
     }
     if domain not in builders:
         raise ValueError(f"unknown worker {domain!r}; one of {', '.join(DOMAINS)}")
-    return builders[domain](settings, queue_suffix)
+    return builders[domain](settings)
 
 
-def _users(settings: Settings, suffix: str) -> Worker:
+def _users(settings: Settings) -> Worker:
     from workers.users.handlers import registry
     from workers.users.services import make_services
 
-    return Worker(registry, settings, services=make_services, queue_suffix=suffix)
+    return Worker(registry, settings, services=make_services)
 
 
-def _patients(settings: Settings, suffix: str) -> Worker:
+def _patients(settings: Settings) -> Worker:
     from workers.patients.handlers import registry
 
-    return Worker(registry, settings, queue_suffix=suffix)
+    return Worker(registry, settings)
 
 
-def _imaging(settings: Settings, suffix: str) -> Worker:
+def _imaging(settings: Settings) -> Worker:
     from workers.imaging.handlers import registry
 
-    return Worker(registry, settings, queue_suffix=suffix)
+    return Worker(registry, settings)
 
 
-def _system(settings: Settings, suffix: str) -> Worker:
+def _system(settings: Settings) -> Worker:
     from workers.system.handlers import registry
 
-    return Worker(registry, settings, queue_suffix=suffix)
+    return Worker(registry, settings)

@@ -117,7 +117,7 @@ async def test_reads_of_patient_data_are_coalesced(api: httpx.AsyncClient, admin
         await connection.close()
 
     async def counted() -> list[dict] | None:
-        items = await _find(api, admin, patientId=str(patient))
+        items = await _find(api, admin, patientId=str(patient), action="patients.get_patient")
         return items if items and items[0]["repeatCount"] == 3 else None
 
     items = await eventually(counted)

@@ -6,15 +6,12 @@ from __future__ import annotations
 import hashlib
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
 
 from contracts.registry import EVENTS, OPERATIONS, load_all
 from edge.access import Access
 from edge.app import create_app
 from tests.support import Stack, make_user, unique
-
-pytestmark = pytest.mark.asyncio
 
 
 async def test_health_and_ready(api: httpx.AsyncClient) -> None:

@@ -58,6 +58,7 @@ def _register() -> None:
     command(f"{DOMAIN}.block", result=ThingView)(Block)
     command(f"{DOMAIN}.crash", result=ThingView)(Crash)
     query(f"{DOMAIN}.count_things", result=CountView)(CountThings)
+    command(f"{DOMAIN}.orphan", result=ThingView)(Orphan)  # registered, but no worker handles it
     event(f"{DOMAIN}.thing.made")(ThingMade)
 
 
@@ -82,6 +83,10 @@ class Crash(Struct):
 
 
 class CountThings(Struct):
+    name: Name
+
+
+class Orphan(Struct):
     name: Name
 
 

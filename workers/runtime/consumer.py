@@ -1,12 +1,15 @@
 """The worker runtime: consume, run the handler in one transaction, reply, ack. Written once.
 
-For a command: one transaction holds the handler's changes, its audit entry, the inbox row (the
-message id with the reply) and the outbox rows (its events). Then the events are published, the
-reply goes back over direct reply-to, and the message is acked. A redelivered message finds its
-inbox row and replays the stored reply; nothing happens twice. A domain error is an answer: the
-change rolls back and the failure is audited and remembered in a transaction of its own. An
-unexpected exception is retried after the configured backoffs, then answered with 500 and
-dead-lettered.
+Commands come from the domain's quorum queue, queries from its classic queue, events (from any
+domain) from its events queue. For each command or query: decode the envelope, run it in a
+transaction (`transactions.py`), reply over direct reply-to, ack. An unexpected exception is
+retried after the configured backoffs, then answered with 500 and dead-lettered. Events are
+applied in batches of whatever has arrived. The broker link is supervised: after a drop the
+worker reconnects and consumes again; work in flight finishes, and its unacked messages come back
+as redeliveries that the inbox answers. SIGTERM: stop consuming, finish what is in flight, publish
+what committed, exit.
+
+AMQP is spoken with aiormq directly: it is the part of a message's cost the runtime controls.
 """
 
 from __future__ import annotations
@@ -19,36 +22,34 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aio_pika
 import aiormq
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from prometheus_client import Counter, Histogram
-from sqlalchemy import MetaData, Table, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import MetaData, text
 
-from contracts.envelope import Actor, Envelope, Reply, decode_envelope, encode, make_envelope, now_utc
-from contracts.errors import Conflict, DomainError, InternalError, Unavailable, invalid_field
+from contracts.envelope import Actor, Envelope, Reply, decode_envelope, encode, now_utc
+from contracts.errors import DomainError, InternalError, Unavailable
 from contracts.ids import uuid7
 from contracts.observability import correlation_id, log_fields
-from contracts.registry import Operation
 from contracts.settings import Settings
-from contracts.system import AuditOutcome
 from contracts.topology import (
     COMMANDS,
     EVENTS,
     commands_queue,
     declare_exchanges,
+    declare_query_queue,
     declare_quorum_queue,
     events_queue,
+    queries_queue,
 )
 from workers.runtime.db import make_engine
 from workers.runtime.outbox import OutboxPublisher
-from workers.runtime.registry import EventSubscription, Handler, HandlerRegistry, Job
+from workers.runtime.registry import HandlerRegistry, Job
 from workers.runtime.retry import with_retries
 from workers.runtime.tables import inbox_table, outbox_table
-from workers.runtime.unit_of_work import AuditTarget, PendingEvent, UnitOfWork
+from workers.runtime.transactions import NO_REPLY, EventItem, Transactions
+from workers.runtime.unit_of_work import UnitOfWork
 
 log = logging.getLogger("runtime")
 
@@ -57,98 +58,144 @@ DURATION = Histogram("worker_handler_seconds", "Handler time including the trans
                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 ServicesFactory = Callable[["Worker"], Awaitable[Any]]
-_NO_REPLY = b""
-
-
-def _validation_error(exc: msgspec.ValidationError) -> DomainError:
-    from contracts.validation import describe_validation_error
-
-    field, code, detail = describe_validation_error(str(exc))
-    return invalid_field(field, code, detail)
+EVENT_BATCH = 200
 
 
 class Worker:
     """One process of one worker kind. Competing replicas share its queues."""
 
     def __init__(self, registry: HandlerRegistry, settings: Settings, *,
-                 services: ServicesFactory | None = None, version: str = "0.1.0",
-                 queue_suffix: str = "") -> None:
+                 services: ServicesFactory | None = None, version: str = "0.1.0") -> None:
         self.registry = registry
         self.domain = registry.domain
         self.settings = settings
         self.version = version
-        self.queue_suffix = queue_suffix  # tests run private copies of a queue
         self._services_factory = services
         self.services: Any = None
         metadata = MetaData()
-        self.inbox: Table = inbox_table(metadata, self.domain)
-        self.outbox: Table = outbox_table(metadata, self.domain)
-        self.engine: AsyncEngine | None = None
-        self.read_engine: AsyncEngine | None = None
-        self.connection: AbstractRobustConnection | None = None
+        self.inbox = inbox_table(metadata, self.domain)
+        self.outbox = outbox_table(metadata, self.domain)
+        self.tx: Transactions | None = None
         self.publisher: OutboxPublisher | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self.connection: AbstractConnection | None = None
+        self._consumers: list[tuple[AbstractChannel, str]] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._linked = asyncio.Event()
         self._jobs: list[asyncio.Task[None]] = []
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._events: list[DeliveredMessage] = []
+        self._events_waiting = asyncio.Event()
+        self._event_loop: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self._register_ping()
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, link_timeout: float = 30.0) -> None:
         s = self.settings
-        self.engine = make_engine(s)
-        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.connection = await aio_pika.connect_robust(
-            s.amqp_url, client_properties={"connection_name": f"worker-{self.domain}"}
-        )
-        channel = await self.connection.channel()
-        await channel.set_qos(prefetch_count=s.worker_prefetch)
-        await declare_exchanges(channel)
-        self.publisher = OutboxPublisher(self.engine, self.outbox, self.domain, self.connection, s)
+        engine = make_engine(s)
+        self.publisher = OutboxPublisher(engine, self.outbox, self.domain, s)
         await self.publisher.start()
         if self._services_factory is not None:
             self.services = await self._services_factory(self)
-
-        name = commands_queue(self.domain) + self.queue_suffix
-        queue = await declare_quorum_queue(channel, name, s.delivery_limit, [(COMMANDS, f"{self.domain}.*")])
-        self._consumers.append((queue, await queue.consume(self._on_command)))
-        if self.registry.subscriptions:
-            name = events_queue(self.domain) + self.queue_suffix
-            bindings = sorted({(EVENTS, sub.pattern) for sub in self.registry.subscriptions})
-            queue = await declare_quorum_queue(channel, name, s.delivery_limit, bindings)
-            self._consumers.append((queue, await queue.consume(self._on_event)))
-        self._jobs = [asyncio.create_task(self._job_loop(job), name=f"job-{job.name}")
-                      for job in self.registry.jobs]
+        self.tx = Transactions(self.domain, engine, self.inbox, self.outbox, self.publisher, s, self.services)
+        self._event_loop = asyncio.create_task(self._apply_events(), name="events")
+        self._supervisor = asyncio.create_task(self._supervise(), name="broker-link")
+        try:
+            await asyncio.wait_for(self._linked.wait(), link_timeout)
+        except TimeoutError as exc:
+            await self.stop()
+            raise RuntimeError("could not reach the message broker") from exc
+        self._jobs = [asyncio.create_task(self._job_loop(job), name=f"job-{job.name}") for job in self.registry.jobs]
         log.info("worker started", extra=log_fields(domain=self.domain, prefetch=s.worker_prefetch))
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            try:
+                await self._connect()
+                delay = 0.2
+                self._linked.set()
+                assert self.connection is not None
+                with contextlib.suppress(Exception):
+                    await self.connection.closing
+                if not self._stopping:
+                    log.warning("broker link lost; reconnecting", extra=log_fields(domain=self.domain))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("broker link failed; retrying", extra=log_fields(error=repr(exc), delay=delay))
+            self._linked.clear()
+            if self.publisher is not None:
+                self.publisher.attach(None)
+            if self._stopping:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> None:
+        s = self.settings
+        connection = await aiormq.connect(s.amqp_url, client_properties={"connection_name": f"worker-{self.domain}"})
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.basic_qos(prefetch_count=s.worker_prefetch)
+            await declare_exchanges(channel)
+            ops = self.registry.operations.values()
+            commands = [(COMMANDS, op.name) for op, _ in ops if op.kind == "command" and not op.transient]
+            queries = [op.name for op, _ in ops if op.kind == "query"]
+            consumers: list[tuple[AbstractChannel, str]] = []
+            if commands:
+                name = await declare_quorum_queue(channel, commands_queue(self.domain), s.delivery_limit, commands)
+                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
+            if queries:
+                name = await declare_query_queue(channel, queries_queue(self.domain), queries)
+                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
+            if self.registry.subscriptions:
+                events = await connection.channel(publisher_confirms=False)
+                await events.basic_qos(prefetch_count=EVENT_BATCH)
+                bindings = sorted({(EVENTS, sub.pattern) for sub in self.registry.subscriptions})
+                name = await declare_quorum_queue(events, events_queue(self.domain), s.delivery_limit, bindings)
+                consumers.append((events, (await events.basic_consume(name, self._on_event)).consumer_tag))
+            assert self.publisher is not None
+            self.publisher.attach(await connection.channel(publisher_confirms=True))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self.connection, self._consumers = connection, consumers
 
     async def stop(self) -> None:
         """Graceful: stop taking messages, finish those in flight, publish what committed."""
         if self._stopping:
             return
         self._stopping = True
-        for queue, tag in self._consumers:
+        for channel, tag in self._consumers:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await channel.basic_cancel(tag)
+        self._events_waiting.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
-        for task in self._jobs:
-            task.cancel()
-        for task in self._jobs:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in [*self._jobs, self._event_loop]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.publisher is not None:
             await self.publisher.close()
-        if self.services is not None and hasattr(self.services, "close"):
-            await self.services.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
-        if self.engine is not None:
-            await self.engine.dispose()
+        if self.services is not None and hasattr(self.services, "close"):
+            await self.services.close()
+        if self.tx is not None:
+            await self.tx.engine.dispose()
         log.info("worker stopped", extra=log_fields(domain=self.domain))
 
     async def run_forever(self) -> None:
@@ -161,8 +208,6 @@ class Worker:
         await stop.wait()
         await self.stop()
 
-    # ------------------------------------------------------------------ delivery
-
     def _enter(self) -> None:
         self._inflight += 1
         self._idle.clear()
@@ -172,20 +217,23 @@ class Worker:
         if self._inflight == 0:
             self._idle.set()
 
-    async def _on_command(self, message: AbstractIncomingMessage) -> None:
+    # ------------------------------------------------------------------ commands and queries
+
+    async def _on_command(self, message: DeliveredMessage) -> None:
         self._enter()
         try:
-            await self._deliver_command(message)
+            await self._deliver(message)
         finally:
             self._leave()
 
-    async def _deliver_command(self, message: AbstractIncomingMessage) -> None:
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        assert self.tx is not None
         try:
             envelope = decode_envelope(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("undecodable command dead-lettered", extra=log_fields(error=str(exc)))
+            log.error("undecodable message dead-lettered", extra=log_fields(error=str(exc)))
             HANDLED.labels(self.domain, "?", "undecodable").inc()
-            await message.reject(requeue=False)
+            await _settle(message, ack=False)
             return
         token = correlation_id.set(str(envelope.correlation_id))
         started = time.perf_counter()
@@ -193,14 +241,12 @@ class Worker:
             entry = self.registry.operations.get(envelope.type)
             if entry is None:
                 log.error("unknown operation dead-lettered", extra=log_fields(type=envelope.type))
-                error = DomainError(f"{envelope.type} is not an operation of {self.domain}",
-                                    code="unknown_operation")
+                error = DomainError(f"{envelope.type} is not an operation of {self.domain}", code="unknown_operation")
                 await self._reply(message, envelope, encode(Reply(error=error.to_body())))
-                HANDLED.labels(self.domain, envelope.type, "unknown").inc()
-                await message.reject(requeue=False)
+                await _settle(message, ack=False)
                 return
             op, handler = entry
-            run = self._run_command if op.kind == "command" else self._run_query
+            run = self.tx.run_command if op.kind == "command" else self.tx.run_query
             try:
                 reply = await with_retries(self.settings.retry_backoff, run, envelope, op, handler,
                                            what=envelope.type, stopping=lambda: self._stopping)
@@ -209,20 +255,21 @@ class Worker:
                               extra=log_fields(type=envelope.type, messageId=str(envelope.message_id)))
                 HANDLED.labels(self.domain, envelope.type, "error").inc()
                 if op.kind == "command":
-                    await self._audit_error(envelope, op)
+                    await self.tx.audit_error(envelope, op)
                 body = InternalError("internal error", correlationId=str(envelope.correlation_id)).to_body()
                 await self._reply(message, envelope, encode(Reply(error=body)))
-                await message.reject(requeue=False)
+                await _settle(message, ack=False)
                 return
             await self._reply(message, envelope, reply)
-            await message.ack()
+            await _settle(message, ack=True)
             HANDLED.labels(self.domain, envelope.type, "ok").inc()
             DURATION.labels(self.domain, op.kind).observe(time.perf_counter() - started)
         finally:
             correlation_id.reset(token)
 
-    async def _reply(self, message: AbstractIncomingMessage, envelope: Envelope, reply: bytes) -> None:
-        if not message.reply_to or reply is _NO_REPLY:
+    async def _reply(self, message: DeliveredMessage, envelope: Envelope, reply: bytes) -> None:
+        reply_to = message.header.properties.reply_to
+        if not reply_to or reply is NO_REPLY:
             return
         env = Envelope(
             message_id=uuid7(),
@@ -230,212 +277,88 @@ class Worker:
             correlation_id=envelope.correlation_id,
             causation_id=envelope.message_id,
             occurred_at=now_utc(),
-            actor=Actor(system=f"{self.domain}-worker"),
+            actor=_WORKER_ACTORS.setdefault(self.domain, Actor(system=f"{self.domain}-worker")),
             payload=msgspec.Raw(reply),
         )
         try:
             await message.channel.basic_publish(
-                encode(env),
-                exchange="",
-                routing_key=message.reply_to,
+                encode(env), exchange="", routing_key=reply_to,
                 properties=aiormq.spec.Basic.Properties(
-                    correlation_id=message.correlation_id,
+                    correlation_id=message.header.properties.correlation_id,
                     content_type="application/json",
                     message_type=env.type,
                 ),
-                mandatory=False,
             )
         except Exception:
-            # The requester may be gone; it will see a timeout. The result is committed.
+            # The requester may be gone; it sees a timeout. The result is committed either way.
             log.warning("reply could not be sent", extra=log_fields(type=envelope.type))
-
-    # ------------------------------------------------------------------ commands and queries
-
-    def _decode(self, envelope: Envelope, op: Operation) -> Any:
-        try:
-            return msgspec.json.decode(envelope.payload, type=op.payload)
-        except msgspec.ValidationError as exc:
-            raise _validation_error(exc) from exc
-        except msgspec.DecodeError as exc:
-            raise DomainError("payload is not valid JSON", code="bad_request") from exc
-
-    def _uow(self, conn: AsyncConnection, envelope: Envelope) -> UnitOfWork:
-        return UnitOfWork(conn, envelope, self.domain, self.services, self.settings)
-
-    async def _run_command(self, envelope: Envelope, op: Operation, handler: Handler) -> bytes:
-        assert self.engine is not None and self.publisher is not None
-        async with self.engine.connect() as conn:
-            await conn.begin()
-            uow = self._uow(conn, envelope)
-            try:
-                payload = self._decode(envelope, op)
-                result = await handler(payload, uow)
-            except DomainError as err:
-                await conn.rollback()
-                return await self._commit_failure(conn, uow, envelope, op, err)
-            reply = encode(Reply(ok=msgspec.Raw(encode(result))))
-            if op.audited:
-                uow.emit(uow.audit_record(op.name, AuditOutcome.SUCCESS, _target(uow, op, payload, result)))
-            events = uow.take_events()
-            if not await self._claim(conn, envelope, op, reply):
-                await conn.rollback()
-                return await self._stored_reply(envelope)
-            await self._insert_outbox(conn, events, uow)
-            await conn.commit()
-        self.publisher.submit(events)
-        return reply
-
-    async def _commit_failure(self, conn: AsyncConnection, uow: UnitOfWork, envelope: Envelope,
-                              op: Operation, err: DomainError) -> bytes:
-        """Remember and audit a refused command in its own transaction, after the rollback."""
-        assert self.publisher is not None
-        reply = encode(Reply(error=err.to_body()))
-        await conn.begin()
-        events = uow.take_failure_events()
-        if op.audited:
-            target = _target(uow, op, None, None)
-            target.details = {**target.details, "code": err.code}
-            uow.emit(uow.audit_record(op.name, AuditOutcome.of_status(err.status), target))
-            events += uow.take_events()
-        if not await self._claim(conn, envelope, op, reply):
-            await conn.rollback()
-            return await self._stored_reply(envelope)
-        await self._insert_outbox(conn, events, uow)
-        await conn.commit()
-        self.publisher.submit(events)
-        return reply
-
-    async def _run_query(self, envelope: Envelope, op: Operation, handler: Handler) -> bytes:
-        assert self.read_engine is not None and self.publisher is not None
-        async with self.read_engine.connect() as conn:
-            uow = self._uow(conn, envelope)
-            try:
-                payload = self._decode(envelope, op)
-                result = await handler(payload, uow)
-            except DomainError as err:
-                return encode(Reply(error=err.to_body()))
-            events = uow.take_events()
-            if events:
-                await self._insert_outbox(conn, events, uow)
-        self.publisher.submit(events)
-        return encode(Reply(ok=msgspec.Raw(encode(result))))
-
-    async def _claim(self, conn: AsyncConnection, envelope: Envelope, op: Operation, reply: bytes | None) -> bool:
-        """Insert the inbox row; False if this message id was already processed (a redelivery)."""
-        stored = reply if (reply is None or not op.sensitive_reply) else _SENSITIVE_REPLAY
-        result = await conn.execute(
-            pg_insert(self.inbox)
-            .values(message_id=envelope.message_id, type=envelope.type, reply=stored)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(self.inbox.c.message_id)
-        )
-        return result.first() is not None
-
-    async def _stored_reply(self, envelope: Envelope) -> bytes:
-        assert self.engine is not None
-        async with self.read_engine.connect() as conn:  # type: ignore[union-attr]
-            reply = (
-                await conn.execute(select(self.inbox.c.reply).where(self.inbox.c.message_id == envelope.message_id))
-            ).scalar_one()
-        log.info("redelivered message answered from the inbox",
-                 extra=log_fields(type=envelope.type, messageId=str(envelope.message_id)))
-        return reply if reply is not None else _NO_REPLY
-
-    async def _insert_outbox(self, conn: AsyncConnection, events: list[PendingEvent], uow: UnitOfWork) -> None:
-        if not events:
-            return
-        from datetime import timedelta
-
-        available = uow.now + timedelta(seconds=self.settings.outbox_lease)
-        await conn.execute(
-            self.outbox.insert(),
-            [{"message_id": e.message_id, "routing_key": e.routing_key, "body": e.body,
-              "available_at": available} for e in events],
-        )
-
-    async def _audit_error(self, envelope: Envelope, op: Operation) -> None:
-        """After the last retry: record the failure (outcome `error`) in a transaction of its own."""
-        assert self.engine is not None and self.publisher is not None
-        try:
-            async with self.engine.begin() as conn:
-                uow = self._uow(conn, envelope)
-                target = _target(uow, op, None, None)
-                target.details = {**target.details, "code": "internal_error"}
-                uow.emit(uow.audit_record(op.name, AuditOutcome.ERROR, target))
-                events = uow.take_events()
-                await self._insert_outbox(conn, events, uow)
-            self.publisher.submit(events)
-        except Exception:
-            log.exception("could not audit a failed command")
 
     # ------------------------------------------------------------------ events
 
-    async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        self._enter()
-        try:
-            await self._deliver_event(message)
-        finally:
-            self._leave()
+    async def _on_event(self, message: DeliveredMessage) -> None:
+        self._events.append(message)
+        self._events_waiting.set()
 
-    async def _deliver_event(self, message: AbstractIncomingMessage) -> None:
-        try:
-            envelope = decode_envelope(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("undecodable event dead-lettered", extra=log_fields(error=str(exc)))
-            await message.reject(requeue=False)
-            return
-        token = correlation_id.set(str(envelope.correlation_id))
-        try:
+    async def _apply_events(self) -> None:
+        """Apply consumed events in batches, one at a time, in delivery order."""
+        while True:
+            await self._events_waiting.wait()
+            self._events_waiting.clear()
+            while self._events:
+                batch, self._events = self._events[:EVENT_BATCH], self._events[EVENT_BATCH:]
+                self._enter()
+                try:
+                    await self._apply_batch(batch)
+                except Exception:
+                    log.exception("event batch failed")
+                finally:
+                    self._leave()
+
+    async def _apply_batch(self, batch: list[DeliveredMessage]) -> None:
+        assert self.tx is not None
+        items: list[tuple[DeliveredMessage, EventItem]] = []
+        for message in batch:
+            try:
+                envelope = decode_envelope(message.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("undecodable event dead-lettered", extra=log_fields(error=str(exc)))
+                await _settle(message, ack=False)
+                continue
             subs = self.registry.subscriptions_for(envelope.type)
             if subs:
-                try:
-                    await with_retries(self.settings.retry_backoff, self._run_event, envelope, subs,
-                                       what=envelope.type, stopping=lambda: self._stopping)
-                except Exception:
-                    log.exception("event handler failed after retries; dead-lettered",
-                                  extra=log_fields(type=envelope.type))
-                    HANDLED.labels(self.domain, envelope.type, "error").inc()
-                    await message.reject(requeue=False)
-                    return
-            HANDLED.labels(self.domain, envelope.type, "ok").inc()
-            await message.ack()
+                items.append((message, EventItem(envelope, subs)))
+            else:
+                await _settle(message, ack=True)
+        if not items:
+            return
+        try:
+            await self.tx.run_events([item for _, item in items])
+        except Exception as exc:
+            log.warning("event batch failed; applying its events one by one",
+                        extra=log_fields(size=len(items), error=repr(exc)))
+            for message, item in items:
+                await self._apply_one(message, item)
+            return
+        for message, item in items:
+            HANDLED.labels(self.domain, item.envelope.type, "ok").inc()
+            await _settle(message, ack=True)
+
+    async def _apply_one(self, message: DeliveredMessage, item: EventItem) -> None:
+        assert self.tx is not None
+        token = correlation_id.set(str(item.envelope.correlation_id))
+        try:
+            await with_retries(self.settings.retry_backoff, self.tx.run_event, item, what=item.envelope.type,
+                               stopping=lambda: self._stopping)
+        except Exception:
+            log.exception("event handler failed after retries; dead-lettered",
+                          extra=log_fields(type=item.envelope.type))
+            HANDLED.labels(self.domain, item.envelope.type, "error").inc()
+            await _settle(message, ack=False)
+            return
         finally:
             correlation_id.reset(token)
-
-    async def _run_event(self, envelope: Envelope, subs: list[EventSubscription]) -> None:
-        assert self.engine is not None and self.publisher is not None
-        async with self.engine.connect() as conn:
-            await conn.begin()
-            result = await conn.execute(
-                pg_insert(self.inbox)
-                .values(message_id=envelope.message_id, type=envelope.type, reply=None)
-                .on_conflict_do_nothing(index_elements=["message_id"])
-                .returning(self.inbox.c.message_id)
-            )
-            if result.first() is None:
-                await conn.rollback()
-                return  # already applied
-            uow = self._uow(conn, envelope)
-            try:
-                for sub in subs:
-                    payload = msgspec.json.decode(envelope.payload, type=sub.event_type)
-                    await sub.handler(payload, uow)
-            except (DomainError, msgspec.ValidationError) as err:
-                # An event a handler refuses will be refused every time: remember it, move on.
-                log.warning("event refused by its handler", extra=log_fields(type=envelope.type, error=str(err)))
-                await conn.rollback()
-                uow.take_events()
-                async with self.engine.begin() as again:
-                    await again.execute(
-                        pg_insert(self.inbox)
-                        .values(message_id=envelope.message_id, type=envelope.type, reply=None)
-                        .on_conflict_do_nothing(index_elements=["message_id"])
-                    )
-                return
-            events = uow.take_events()
-            await self._insert_outbox(conn, events, uow)
-            await conn.commit()
-        self.publisher.submit(events)
+        HANDLED.labels(self.domain, item.envelope.type, "ok").inc()
+        await _settle(message, ack=True)
 
     # ------------------------------------------------------------------ timed jobs
 
@@ -450,32 +373,18 @@ class Worker:
             await asyncio.sleep(job.every)
 
     async def run_job(self, job: Job) -> bool:
-        """One run under a transaction-scoped advisory lock; False when another replica has it."""
-        assert self.engine is not None and self.publisher is not None
-        envelope = make_envelope(f"{self.domain}.{job.name}", {}, Actor.system_actor(job.name))
-        async with self.engine.connect() as conn:
-            await conn.begin()
-            got = (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": job.lock_key})).scalar()
-            if not got:
-                await conn.rollback()
-                return False
-            uow = self._uow(conn, envelope)
-            await job.handler(uow)
-            events = uow.take_events()
-            await self._insert_outbox(conn, events, uow)
-            await conn.commit()
-        self.publisher.submit(events)
-        return True
+        assert self.tx is not None
+        return await self.tx.run_job(job)
 
     # ------------------------------------------------------------------ ping
 
     def _register_ping(self) -> None:
+        from contracts.common import PingResult
         from contracts.registry import OPERATIONS
 
         name = f"{self.domain}.ping"
         if name not in OPERATIONS or name in self.registry.operations:
             return
-        from contracts.common import PingResult
 
         async def ping(_: Any, uow: UnitOfWork) -> PingResult:
             try:
@@ -488,30 +397,18 @@ class Worker:
         self.registry.operations[name] = (OPERATIONS[name], ping)
 
 
-# What a redelivered login or refresh replays: its real reply held credentials, which are never stored.
-_SENSITIVE_REPLAY = encode(Reply(error=Conflict(
-    "this request was already processed; its result holds credentials and is not kept",
-    code="duplicate_delivery").to_body()))
+_WORKER_ACTORS: dict[str, Actor] = {}
 
 
-def _target(uow: UnitOfWork, op: Operation, payload: Any, result: Any) -> AuditTarget:
-    """The audit target: what the handler named, else the id in the result or the payload."""
-    target = AuditTarget(uow.audit.target_type, uow.audit.target_id, list(uow.audit.patient_ids),
-                         dict(uow.audit.details))
-    if target.target_id is None:
-        ident = getattr(result, "id", None) or getattr(payload, "id", None) or _raw_id(uow)
-        if ident is not None:
-            target.target_id = str(ident)
-    if target.target_type is None:
-        verb_noun = op.name.split(".", 1)[1]
-        target.target_type = verb_noun.split("_", 1)[1] if "_" in verb_noun else verb_noun
-    return target
-
-
-def _raw_id(uow: UnitOfWork) -> Any:
-    """The `id` member of a payload that did not decode into its struct, if any."""
+async def _settle(message: DeliveredMessage, *, ack: bool) -> None:
+    """Ack, or reject to the dead-letter queue. A closed channel means the broker redelivers."""
+    tag = message.delivery_tag
+    if tag is None:
+        return
     try:
-        raw = msgspec.json.decode(uow.envelope.payload)
-    except msgspec.DecodeError:
-        return None
-    return raw.get("id") if isinstance(raw, dict) else None
+        if ack:
+            await message.channel.basic_ack(tag)
+        else:
+            await message.channel.basic_reject(tag, requeue=False)
+    except Exception as exc:
+        log.warning("could not settle a message; it will be redelivered", extra=log_fields(error=repr(exc)))

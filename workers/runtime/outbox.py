@@ -16,9 +16,9 @@ import logging
 from collections.abc import Iterable
 from uuid import UUID
 
-import aio_pika
+import aiormq
 import asyncpg
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.abc import AbstractChannel
 from sqlalchemy import Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,15 +36,12 @@ def notify_channel(schema: str) -> str:
 
 
 class OutboxPublisher:
-    def __init__(self, engine: AsyncEngine, outbox: Table, schema: str,
-                 connection: AbstractRobustConnection, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: Table, schema: str, settings: Settings) -> None:
         self.engine = engine
         self.outbox = outbox
         self.schema = schema
-        self.connection = connection
         self.settings = settings
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
         self._window = asyncio.Semaphore(settings.confirm_window)
         self._published: list[UUID] = []
         self._wake_deleter = asyncio.Event()
@@ -55,10 +52,13 @@ class OutboxPublisher:
         self._stopping = False
         self.published_total = 0
 
+    def attach(self, channel: AbstractChannel | None) -> None:
+        """The confirm channel to publish on (a new one after every broker reconnect)."""
+        self._channel = channel
+        if channel is not None:
+            self._wake_sweeper.set()  # rows that failed while the link was down
+
     async def start(self) -> None:
-        self._channel = await self.connection.channel(publisher_confirms=True)
-        self._exchange = await self._channel.declare_exchange(EVENTS, aio_pika.ExchangeType.TOPIC,
-                                                              durable=True)
         self._background = [
             asyncio.create_task(self._deleter(), name="outbox-deleter"),
             asyncio.create_task(self._sweeper(), name="outbox-sweeper"),
@@ -74,18 +74,20 @@ class OutboxPublisher:
         task.add_done_callback(self._inflight.discard)
 
     async def _publish_one(self, event: PendingEvent) -> None:
-        assert self._exchange is not None
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise ConnectionError("no broker channel")
         async with self._window:
-            await self._exchange.publish(
-                aio_pika.Message(
-                    event.body,
-                    message_id=str(event.message_id),
-                    type=event.routing_key,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
+            await channel.basic_publish(
+                event.body,
+                exchange=EVENTS,
                 routing_key=event.routing_key,
-                mandatory=False,
+                properties=aiormq.spec.Basic.Properties(
+                    message_id=str(event.message_id),
+                    message_type=event.routing_key,
+                    content_type="application/json",
+                    delivery_mode=2,
+                ),
             )
 
     async def _publish_all(self, events: Iterable[PendingEvent]) -> list[UUID]:
@@ -138,6 +140,8 @@ class OutboxPublisher:
 
     async def sweep_once(self) -> int:
         """Publish and delete rows whose lease has expired. Returns how many rows it took."""
+        if self._channel is None or self._channel.is_closed:
+            return 0
         o = self.outbox
         async with self.engine.begin() as conn:
             rows = (
@@ -183,7 +187,4 @@ class OutboxPublisher:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
 

@@ -126,6 +126,6 @@ async def list_audit_events(q: ListAuditEvents, uow: UnitOfWork) -> Page[AuditEv
                                       ("targetId", q.target_id), ("action", q.action)) if v}
     uow.emit(uow.audit_record("system.list_audit_events", AuditOutcome.SUCCESS,
                               AuditTarget("audit_event", None, [q.patient_id] if q.patient_id else [],
-                                          {"filters": filters, "count": len(rows)})))
+                                          {"filters": filters, "count": len(rows)}), coalesce=True))
     return Page(items=[_view(r) for r in rows], total=total, page=q.page, limit=q.limit,
                 total_is_lower_bound=lower)
