@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from contracts.topology import EVENTS
 
 log = logging.getLogger("relay")
 STREAM = "relay:events"
+_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_U64 = 2**64 - 1
 
 _INGEST = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then
@@ -79,6 +82,12 @@ def any_match(patterns: Iterable[str], name: str) -> bool:
     return any(matches(p, name) for p in patterns)
 
 
+def valid_stream_id(value: str) -> bool:
+    """Whether `value` is a well-formed Redis stream id (`<ms>-<seq>`, each a 64-bit number)."""
+    m = _STREAM_ID.match(value)
+    return m is not None and int(m[1]) <= _U64 and int(m[2]) <= _U64
+
+
 def stream_id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -114,13 +123,30 @@ class _Relayed(msgspec.Struct):
     payload: msgspec.Raw
 
 
+class _NotificationChange(msgspec.Struct):
+    """`notification_read` / `notification_deleted` data (realtime.md §2): no more than this."""
+
+    notificationIds: msgspec.Raw = msgspec.Raw(b"[]")
+    unreadCount: msgspec.Raw = msgspec.Raw(b"null")
+
+
 _fields_decoder = msgspec.json.Decoder(_Fields)
+_change_decoder = msgspec.json.Decoder(_NotificationChange)
 _enc = msgspec.json.Encoder()
+
+
+Item = tuple[str, str, bytes] | str  # (stream id or "" for none, event name, data) or a close reason
+GAP: tuple[str, str, bytes] = ("", "resync", b'{"reason":"gap"}')
 
 
 @dataclass(eq=False)
 class Connection:
-    """One SSE or WebSocket client, with its filter and bounded queue."""
+    """One SSE or WebSocket client, with its filter and bounded queue.
+
+    Only entries this connection wants are queued (at most `max_queue`; one more and it is closed
+    with `overflow`). While a resume replays from the stream, live entries are held back (as
+    many, under the same rule) and released after the replay, so nothing is missed or repeated.
+    """
 
     user_id: UUID
     role: Role
@@ -129,13 +155,16 @@ class Connection:
     room_id: str | None
     notifications: bool
     max_queue: int
-    queue: asyncio.Queue[tuple[str, str, bytes] | str] = field(init=False)
+    queue: asyncio.Queue[Item] = field(init=False)
     closed_reason: str | None = None
-    holding: list[Entry] | None = None  # live entries held back while a resume replays
+    holding: list[tuple[str, str, bytes]] | None = None  # live items held back while a resume replays
+    replayed_to: tuple[int, int] | None = None  # live entries up to this id were replayed already
     opened_at: float = field(default_factory=time.monotonic)
+    _space: asyncio.Event = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue()
+        self._space = asyncio.Event()
 
     def allowed_topics(self) -> tuple[str, ...]:
         return ROLE_TOPICS[self.role]
@@ -164,35 +193,66 @@ class Connection:
         return kind, entry.data
 
     def offer(self, entry: Entry) -> None:
+        """A live entry from the stream (never blocks)."""
         if self.closed_reason is not None:
             return
+        if self.replayed_to is not None:
+            # the replay may have read further than the live reader had got: skip what it sent
+            if stream_id_key(entry.id) <= self.replayed_to:
+                return
+            self.replayed_to = None
+        wanted = self.wants(entry)
+        if wanted is None:
+            return
+        item = (entry.id, wanted[0], wanted[1])
         if self.holding is not None:
             if len(self.holding) >= self.max_queue:
                 self.overflow()
             else:
-                self.holding.append(entry)
+                self.holding.append(item)
             return
-        self.push(entry)
+        self.put(item)
 
-    def push(self, entry: Entry) -> bool:
-        """Queue `entry` if wanted; False when the queue overflowed (the connection is closing)."""
-        wanted = self.wants(entry)
-        if wanted is None:
-            return True
+    def put(self, item: tuple[str, str, bytes]) -> bool:
+        """Queue `item`; False when the queue overflowed (the connection is closing)."""
+        if self.closed_reason is not None:
+            return False
         if self.queue.qsize() >= self.max_queue:
             self.overflow()
             return False
-        self.queue.put_nowait((entry.id, wanted[0], wanted[1]))
+        self.queue.put_nowait(item)
         return True
+
+    async def put_paced(self, item: tuple[str, str, bytes]) -> bool:
+        """Queue a replayed `item`, waiting for the writer to make room; False once closed."""
+        while self.closed_reason is None and self.queue.qsize() >= self.max_queue:
+            self._space.clear()
+            await self._space.wait()
+        if self.closed_reason is not None:
+            return False
+        self.queue.put_nowait(item)
+        return True
+
+    async def next(self, timeout: float, limit: int = 64) -> list[Item]:
+        """What is queued for the writer: at least one item, at most `limit`, a close reason only
+        last; TimeoutError after `timeout` seconds without any. Taking all that is there at once
+        lets a writer keep up with a burst instead of falling behind one item per loop turn."""
+        async with asyncio.timeout(timeout):
+            items = [await self.queue.get()]
+        while len(items) < limit and not isinstance(items[-1], str) and not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        self._space.set()
+        return items
 
     def overflow(self) -> None:
         self.close("overflow")
 
     def close(self, reason: str) -> None:
-        """Ask the connection's writer to finish: `overflow`, `revoked`, `expired`, `shutdown`."""
+        """Ask the connection's writer to finish: `overflow`, `revoked`, `expired`, `shutdown`, …"""
         if self.closed_reason is None:
             self.closed_reason = reason
             self.queue.put_nowait(reason)
+            self._space.set()
 
 
 class Hub:
@@ -201,11 +261,12 @@ class Hub:
         self.redis = redis
         self.connections: set[Connection] = set()
         self._ingest = redis.register_script(_INGEST)
+        self._ingest_lock = asyncio.Lock()  # one at a time: the stream keeps the broker's order
         self._reader: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
         self.last_id = "0-0"
         self.ingested = 0
-        self.delivered = 0
+        self.dropped = 0  # connections closed for overflow
 
     # ------------------------------------------------------------------ ingest
 
@@ -219,10 +280,13 @@ class Hub:
         await channel.basic_consume(declared.queue, self._on_event, no_ack=False)
 
     async def _on_event(self, message: aiormq.abc.DeliveredMessage) -> None:
-        try:
-            await self.ingest(message.body)
-        except Exception:
-            log.exception("could not ingest an event")
+        # aiormq runs each delivery in its own task, in delivery order; the FIFO lock keeps that
+        # order into the stream (concurrent Redis calls on pooled connections could swap it)
+        async with self._ingest_lock:
+            try:
+                await self.ingest(message.body)
+            except Exception:
+                log.exception("could not ingest an event")
         with contextlib.suppress(Exception):
             await message.channel.basic_ack(message.delivery_tag)
 
@@ -232,8 +296,11 @@ class Hub:
         if any_match(NEVER_RELAYED, kind) and kind not in NOTIFICATION_EVENTS:
             return None
         fields = _fields_decoder.decode(envelope.payload)
-        if kind in NOTIFICATION_EVENTS:
+        if kind == "system.notification.created":
             data = bytes(envelope.payload)
+            recipient = fields.recipient_id or ""
+        elif kind in NOTIFICATION_EVENTS:
+            data = _enc.encode(_change_decoder.decode(envelope.payload))
             recipient = fields.recipient_id or ""
         else:
             data = _enc.encode(_Relayed(
@@ -295,44 +362,67 @@ class Hub:
                 oldest_ms = int((time.time() - self.settings.relay_buffer_max_age) * 1000)
                 await self.redis.xtrim(STREAM, minid=f"{oldest_ms}-0", approximate=True)
 
-    async def attach(self, conn: Connection, resume_from: str | None) -> bool:
-        """Register `conn`; with a resume id, replay what it missed first (no gap, no duplicate).
-        Returns False when the id is older than the buffer (the caller sends `resync` first)."""
-        in_buffer = True
-        if resume_from is None:
-            self.connections.add(conn)
-            return True
-        conn.holding = []
+    def register(self, conn: Connection, *, resuming: bool = False) -> None:
+        """Start offering live entries to `conn` (held back until `catch_up` when resuming)."""
+        if resuming:
+            conn.holding = []
         self.connections.add(conn)
+
+    async def catch_up(self, conn: Connection, resume_from: str) -> None:
+        """For a connection registered with `resuming`: replay the entries after `resume_from`
+        through its filter, paced by its writer, then release the live entries held meanwhile, so
+        live delivery continues with no gap and no duplicate. An id that is malformed, older than
+        the buffer or newer than its last entry gets a `resync` (gap) first, then live entries only."""
         try:
-            first = await self.redis.xrange(STREAM, count=1)
-            floor = resume_from
-            if first and stream_id_key(first[0][0].decode()) > stream_id_key(resume_from):
-                in_buffer = False
-                floor = "-"
-            last_seen = resume_from
-            start = f"({resume_from}" if floor != "-" else "-"
+            floor = await self._replay(conn, resume_from)
+            conn.replayed_to = floor
             while conn.closed_reason is None:
-                chunk = await self.redis.xrange(STREAM, min=start, max="+", count=500)
-                if not chunk:
-                    break
-                for raw_id, values in chunk:
-                    entry = _entry(raw_id, values)
-                    last_seen = entry.id
-                    if not conn.push(entry):
-                        break
-                start = f"({last_seen}"
-            held, conn.holding = conn.holding or [], None
-            floor_key = stream_id_key(last_seen) if last_seen != "-" else (0, 0)
-            for entry in held:
-                if stream_id_key(entry.id) > floor_key:
-                    conn.offer(entry)
-        except Exception:
-            conn.holding = None
-            raise
-        return in_buffer
+                held = conn.holding
+                if not held:
+                    conn.holding = None  # from now on, live entries go straight to the queue
+                    return
+                item = held.pop(0)
+                if floor is not None and stream_id_key(item[0]) <= floor:
+                    continue
+                if not await conn.put_paced(item):
+                    return
+        except Exception as exc:
+            log.warning("resume failed; closing the connection", extra=log_fields(error=repr(exc)))
+            conn.close("error")
+        finally:
+            if conn.closed_reason is not None:
+                conn.holding = None
+
+    async def _replay(self, conn: Connection, resume_from: str) -> tuple[int, int] | None:
+        """Queue the wanted entries after `resume_from`; the last id read (None: gap, none replayed)."""
+        known = False
+        if valid_stream_id(resume_from):
+            first = await self.redis.xrange(STREAM, count=1)
+            last = await self.redis.xrevrange(STREAM, count=1)
+            known = bool(first and last) and (
+                stream_id_key(first[0][0].decode()) <= stream_id_key(resume_from) <= stream_id_key(last[0][0].decode()))
+        if not known:
+            # malformed, older than the buffer or not one of its ids at all: what was missed is unknown
+            conn.put(GAP)
+            return None
+        floor = stream_id_key(resume_from)
+        start = f"({resume_from}"
+        while conn.closed_reason is None:
+            chunk = await self.redis.xrange(STREAM, min=start, max="+", count=200)
+            if not chunk:
+                break
+            for raw_id, values in chunk:
+                entry = _entry(raw_id, values)
+                floor = stream_id_key(entry.id)
+                start = f"({entry.id}"
+                wanted = conn.wants(entry)
+                if wanted is not None and not await conn.put_paced((entry.id, wanted[0], wanted[1])):
+                    return floor
+        return floor
 
     def detach(self, conn: Connection) -> None:
+        if conn in self.connections and conn.closed_reason == "overflow":
+            self.dropped += 1
         self.connections.discard(conn)
 
     def on_revocation(self, kind: str, value: Any) -> None:

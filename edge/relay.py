@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +34,6 @@ from edge.problems import EXCEPTION_HANDLERS
 from edge.realtime import Connection, Hub, overlaps
 
 log = logging.getLogger("relay")
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _SLOT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
@@ -43,7 +41,7 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
-CLOSE_CODES = {"revoked": 4409, "overflow": 1013, "expired": 1000, "shutdown": 1001}
+CLOSE_CODES = {"revoked": 4409, "overflow": 1013, "expired": 1000, "shutdown": 1001, "error": 1011}
 
 
 class Slots:
@@ -114,10 +112,17 @@ def _filter(principal: Principal, query: Any) -> tuple[_Filter, list[str]]:
     return _Filter(topics, room, notifications), refused
 
 
-def _resync(reason: str) -> bytes:
-    return b"event: resync\ndata: " + msgspec.json.encode({"reason": reason}) + b"\n\n"
+def _sse(entry_id: str, name: str, data: bytes) -> bytes:
+    head = b"id: " + entry_id.encode() + b"\n" if entry_id else b""
+    return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
+def _ws_frame(entry_id: str, name: str, data: bytes) -> str:
+    head = f'{{"type":"event","id":"{entry_id}",' if entry_id else '{"type":"event",'
+    return f'{head}"event":"{name}","data":{data.decode()}}}'
+
+
+OVERFLOW = ("", "resync", b'{"reason":"overflow"}')
 SEND_TIMEOUT = 10.0  # a client that cannot take one more chunk in this time is dropped
 
 
@@ -132,12 +137,35 @@ async def _problem(send: Send, exc: DomainError, path: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class _Pulse:
+    """Keeps a connection's slot alive: refreshed every heartbeat, whether the stream is idle or busy."""
+
+    def __init__(self, slots: Slots, user_id: uuid.UUID, conn_id: str, every: float) -> None:
+        self.slots, self.user_id, self.conn_id, self.every = slots, user_id, conn_id, every
+        self.due = time.monotonic() + every
+
+    async def beat(self) -> None:
+        now = time.monotonic()
+        if now >= self.due:
+            self.due = now + self.every
+            await self.slots.refresh(self.user_id, self.conn_id)
+
+
+async def _stop(task: asyncio.Task[Any] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 @asgi("/events/stream", opt=staff(), is_mount=False)
 async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
     """Server-Sent Events: own notifications and the domain events the role may see."""
     request: Request[Any, Any, Any] = Request(scope, receive)
     state = request.app.state
     settings: Settings = state.settings
+    hub: Hub = state.hub
     try:
         principal: Principal = state.authenticator.authenticate(_token(request.headers, request.query_params))
     except DomainError as exc:
@@ -158,37 +186,41 @@ async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
         conn.close("disconnected")
 
     async def emit(chunk: bytes) -> None:
-        await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
-                               SEND_TIMEOUT)
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     watcher = asyncio.create_task(watch_disconnect())
+    catching_up: asyncio.Task[None] | None = None
+    pulse = _Pulse(state.slots, principal.user_id, conn_id, settings.relay_heartbeat)
     deadline = time.monotonic() + settings.relay_max_connection_age
+    hub.register(conn, resuming=resume is not None)  # from here on, nothing is missed
     try:
-        gap = resume is not None and not _STREAM_ID.match(resume)
-        in_buffer = await state.hub.attach(conn, None if gap else resume)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]})
         await emit(b"retry: 3000\n\n")
-        if gap or not in_buffer:
-            await emit(_resync("gap"))
+        if resume is not None:  # replayed while the loop below writes (paced by this client)
+            catching_up = asyncio.create_task(hub.catch_up(conn, resume))
         while True:
-            timeout = min(settings.relay_heartbeat, max(0.0, deadline - time.monotonic()))
-            try:
-                item = await asyncio.wait_for(conn.queue.get(), timeout)
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    break
-                await state.slots.refresh(principal.user_id, conn_id)
-                await emit(b": ping\n\n")
-                continue
-            if isinstance(item, str):
-                if item == "overflow":
-                    await emit(_resync("overflow"))
+            await pulse.beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            entry_id, name, data = item
-            await emit(b"id: " + entry_id.encode() + b"\nevent: " + name.encode() + b"\ndata: " + data + b"\n\n")
+            try:
+                items = await conn.next(min(settings.relay_heartbeat, left))
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    await emit(b": ping\n\n")
+                continue
+            reason = items.pop() if isinstance(items[-1], str) else None
+            chunk = b"".join(_sse(*item) for item in items if not isinstance(item, str))
+            if reason == "overflow":
+                chunk += _sse(*OVERFLOW)
+            if chunk:
+                await emit(chunk)
+            if reason is not None:
+                break
         if conn.closed_reason != "disconnected":
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
@@ -196,8 +228,10 @@ async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
     except (TimeoutError, OSError):
         log.info("slow or gone SSE client dropped", extra=log_fields(userId=str(principal.user_id)))
     finally:
+        conn.close("ended")
+        await _stop(catching_up)
         watcher.cancel()
-        state.hub.detach(conn)
+        hub.detach(conn)
         await state.slots.release(principal.user_id, conn_id)
 
 
@@ -205,6 +239,7 @@ async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
 async def event_socket(socket: WebSocket) -> None:
     state = socket.app.state
     settings: Settings = state.settings
+    hub: Hub = state.hub
     origin = socket.headers.get("origin")
     if origin and origin not in settings.cors_origins:
         await socket.close(code=4403, reason="origin not allowed")  # before accept: HTTP 403
@@ -222,78 +257,79 @@ async def event_socket(socket: WebSocket) -> None:
     flt, refused = _filter(principal, socket.query_params)
     holder: dict[str, Connection] = {}
 
-    def new_connection(f: _Filter) -> Connection:
-        return Connection(principal.user_id, principal.role, principal.session_id, f.topics, f.room_id,
-                          f.notifications, settings.relay_queue_max)
-
-    async def swap(f: _Filter, resume: str | None) -> bool:
+    def replace(f: _Filter, *, resuming: bool) -> Connection:
+        """A fresh connection (for a resume), registered before the old one is let go."""
         old = holder.get("conn")
-        conn = new_connection(f)
+        conn = Connection(principal.user_id, principal.role, principal.session_id, f.topics, f.room_id,
+                          f.notifications, settings.relay_queue_max)
+        hub.register(conn, resuming=resuming)
         holder["conn"] = conn
         if old is not None:
-            state.hub.detach(old)
+            hub.detach(old)
             old.close("replaced")
-        return await state.hub.attach(conn, resume)
+        return conn
 
     async def send(frame: dict[str, Any]) -> None:
-        await socket.send_text(msgspec.json.encode(frame).decode())
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await socket.send_text(msgspec.json.encode(frame).decode())
 
     async def sender() -> None:
         deadline = time.monotonic() + settings.relay_max_connection_age
+        pulse = _Pulse(state.slots, principal.user_id, conn_id, settings.relay_heartbeat)
         while True:
+            await pulse.beat()
             conn = holder["conn"]
-            timeout = min(settings.relay_heartbeat, max(0.0, deadline - time.monotonic()))
-            try:
-                item = await asyncio.wait_for(conn.queue.get(), timeout)
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    await socket.close(code=CLOSE_CODES["expired"], reason="maximum connection age")
-                    return
-                await state.slots.refresh(principal.user_id, conn_id)
-                continue
-            if isinstance(item, str):
-                if item == "replaced":
-                    continue
-                if item == "overflow":
-                    with contextlib.suppress(Exception):
-                        await send({"type": "event", "event": "resync", "data": {"reason": "overflow"}})
-                await socket.close(code=CLOSE_CODES.get(item, 1000), reason=item)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                await socket.close(code=CLOSE_CODES["expired"], reason="maximum connection age")
                 return
-            entry_id, name, data = item
-            await socket.send_text(f'{{"type":"event","id":"{entry_id}","event":"{name}","data":{data.decode()}}}')
+            try:
+                items = await conn.next(min(settings.relay_heartbeat, left))
+            except TimeoutError:
+                continue
+            for item in items:
+                if isinstance(item, str):  # always the last one
+                    if item == "replaced":
+                        break
+                    if item == "overflow":
+                        async with asyncio.timeout(SEND_TIMEOUT):
+                            await socket.send_text(_ws_frame(*OVERFLOW))
+                    await socket.close(code=CLOSE_CODES.get(item, 1000), reason=item)
+                    return
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await socket.send_text(_ws_frame(*item))
 
     async def receiver() -> None:
         while True:
             raw = await socket.receive_text()
             try:
                 frame = msgspec.json.decode(raw)
-                kind = frame.get("type") if isinstance(frame, dict) else None
             except msgspec.DecodeError:
-                kind, frame = None, {}
+                frame = None
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if not isinstance(frame, dict):
+                frame = {}
             if kind == "ping":
                 await send({"type": "pong"})
             elif kind == "subscribe":
-                topics, bad = _allowed(principal, _split_topics(frame.get("topics")))
+                # replaces the filter in place: nothing queued is lost, later entries use the new one
+                requested = _split_topics(frame.get("topics"))
+                topics, bad = _allowed(principal, requested)
                 for topic in bad:
                     await send({"type": "error", "code": "topic_not_allowed", "message": topic})
-                current = holder["conn"]
-                room = frame.get("roomId") if "roomId" in frame else current.room_id
-                await swap(_Filter(topics or (("-.-.-",) if frame.get("topics") else ()), room,
-                                   current.notifications), None)
+                room = frame.get("roomId")
+                conn = holder["conn"]
+                conn.topics = topics or (("-.-.-",) if requested else ())
+                conn.room_id = str(room) if room not in (None, "") else None
             elif kind == "resume":
-                last = str(frame.get("lastEventId") or "")
                 current = holder["conn"]
                 f = _Filter(current.topics, current.room_id, current.notifications)
-                if not _STREAM_ID.match(last):
-                    await send({"type": "event", "event": "resync", "data": {"reason": "gap"}})
-                    await swap(f, None)
-                elif not await swap(f, last):
-                    await send({"type": "event", "event": "resync", "data": {"reason": "gap"}})
+                await hub.catch_up(replace(f, resuming=True), str(frame.get("lastEventId") or ""))
             else:
                 await send({"type": "error", "code": "bad_frame", "message": "unknown frame type"})
 
     try:
-        await swap(flt, None)
+        replace(flt, resuming=False)
         for topic in refused:
             await send({"type": "error", "code": "topic_not_allowed", "message": topic})
         tasks = [asyncio.create_task(sender()), asyncio.create_task(receiver())]
@@ -305,14 +341,18 @@ async def event_socket(socket: WebSocket) -> None:
                 await task
     finally:
         if "conn" in holder:
-            state.hub.detach(holder["conn"])
+            holder["conn"].close("ended")
+            hub.detach(holder["conn"])
         await state.slots.release(principal.user_id, conn_id)
 
 
 @get("/health", operation_id="RelayHealth", opt=public(), summary="The relay process is up")
 async def relay_health(request: Request) -> dict[str, Any]:
     hub: Hub = request.app.state.hub
-    return {"status": "ok", "connections": len(hub.connections), "ingested": hub.ingested}
+    conns = list(hub.connections)
+    return {"status": "ok", "connections": len(conns), "ingested": hub.ingested,
+            "maxQueued": max((c.queue.qsize() for c in conns), default=0),
+            "overflowing": sum(c.closed_reason == "overflow" for c in conns), "dropped": hub.dropped}
 
 
 @contextlib.asynccontextmanager
@@ -356,11 +396,22 @@ def create_relay(settings: Settings | None = None) -> Litestar:
     )
 
 
+class _NoQueryStrings(logging.Filter):
+    """realtime.md §1: query strings are never logged (uvicorn logs WebSocket paths with theirs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and a.startswith("/") else a
+                                for a in record.args)
+        return True
+
+
 def main() -> None:
     import uvicorn
 
     settings = get_settings()
     setup_logging("relay", settings.log_level, settings.log_format)
+    logging.getLogger("uvicorn.error").addFilter(_NoQueryStrings())
     uvicorn.run(create_relay(settings), host=settings.relay_host, port=settings.relay_port, loop="uvloop",
                 http="httptools", ws="websockets", access_log=False, log_config=None, server_header=False,
                 ws_ping_interval=settings.relay_ws_ping,
