@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -127,35 +126,34 @@ class RpcClient:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        confirmed = False
         try:
-            confirm = channel.basic_publish(
-                encode(envelope),
-                exchange=COMMANDS,
-                routing_key=name,
-                properties=aiormq.spec.Basic.Properties(
-                    content_type="application/json",
-                    delivery_mode=1 if op.transient or op.kind == "query" else 2,
-                    message_id=key,
-                    correlation_id=key,
-                    reply_to=REPLY_TO,
-                    message_type=name,
-                ),
-                mandatory=True,
-            )
-            try:
-                await asyncio.wait_for(confirm, limit)
-            except aiormq.exceptions.PublishError as exc:
-                raise Unavailable(f"no worker queue takes {name}", commandId=key) from exc
-            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
-                raise Unavailable("the message broker refused the command", commandId=key) from exc
-            except TimeoutError as exc:
+            async with asyncio.timeout(limit):  # one timer for confirm and reply, no extra task
+                try:
+                    await channel.basic_publish(
+                        encode(envelope),
+                        exchange=COMMANDS,
+                        routing_key=name,
+                        properties=aiormq.spec.Basic.Properties(
+                            content_type="application/json",
+                            delivery_mode=1 if op.transient or op.kind == "query" else 2,
+                            message_id=key,
+                            correlation_id=key,
+                            reply_to=REPLY_TO,
+                            message_type=name,
+                        ),
+                        mandatory=True,
+                    )
+                except aiormq.exceptions.PublishError as exc:
+                    raise Unavailable(f"no worker queue takes {name}", commandId=key) from exc
+                except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+                    raise Unavailable("the message broker refused the command", commandId=key) from exc
+                confirmed = True
+                body = await fut
+        except TimeoutError as exc:
+            if not confirmed:
                 raise Timeout("the broker did not confirm the command in time", commandId=key) from exc
-            try:
-                body = await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
-            except TimeoutError as exc:
-                raise Timeout(f"no reply within {limit:g} s; the command may still complete",
-                              commandId=key) from exc
+            raise Timeout(f"no reply within {limit:g} s; the command may still complete", commandId=key) from exc
         finally:
             self._pending.pop(key, None)
         return decode_reply(decode_envelope(body).payload)

@@ -45,6 +45,21 @@ LATENCY = Histogram("edge_request_seconds", "HTTP request latency", ["route"],
                     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
 
+_latency: dict[str, Any] = {}
+_requests: dict[tuple[str, int], Any] = {}
+
+
+def _observe(route: str, status: int, seconds: float) -> None:
+    latency = _latency.get(route)
+    if latency is None:
+        latency = _latency[route] = LATENCY.labels(route)
+    latency.observe(seconds)
+    counter = _requests.get((route, status))
+    if counter is None:
+        counter = _requests[(route, status)] = REQUESTS.labels(route, str(status))
+    counter.inc()
+
+
 class CorrelationMiddleware:
     """Correlation id in (`X-Correlation-ID`, or a new one) and out; request metrics."""
 
@@ -82,8 +97,7 @@ class CorrelationMiddleware:
         try:
             await self.app(scope, receive, tagged)
         finally:
-            LATENCY.labels(route).observe(time.perf_counter() - started)
-            REQUESTS.labels(route, str(status)).inc()
+            _observe(route, status, time.perf_counter() - started)
             correlation_id.reset(token)
 
 

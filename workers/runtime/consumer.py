@@ -54,6 +54,15 @@ from workers.runtime.unit_of_work import UnitOfWork
 log = logging.getLogger("runtime")
 
 HANDLED = Counter("worker_messages_total", "Messages handled", ["domain", "type", "outcome"])
+_handled_children: dict[tuple[str, str, str], Any] = {}
+
+
+def _count(domain: str, kind: str, outcome: str) -> None:
+    key = (domain, kind, outcome)
+    child = _handled_children.get(key)
+    if child is None:
+        child = _handled_children[key] = HANDLED.labels(domain, kind, outcome)
+    child.inc()
 DURATION = Histogram("worker_handler_seconds", "Handler time including the transaction", ["domain", "kind"],
                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
@@ -90,6 +99,7 @@ class Worker:
         self._events_waiting = asyncio.Event()
         self._event_loop: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
+        self._durations = {kind: DURATION.labels(self.domain, kind) for kind in ("command", "query")}
         self._register_ping()
 
     # ------------------------------------------------------------------ lifecycle
@@ -232,7 +242,7 @@ class Worker:
             envelope = decode_envelope(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("undecodable message dead-lettered", extra=log_fields(error=str(exc)))
-            HANDLED.labels(self.domain, "?", "undecodable").inc()
+            _count(self.domain, "?", "undecodable")
             await _settle(message, ack=False)
             return
         token = correlation_id.set(str(envelope.correlation_id))
@@ -253,7 +263,7 @@ class Worker:
             except Exception:
                 log.exception("handler failed after retries; dead-lettered",
                               extra=log_fields(type=envelope.type, messageId=str(envelope.message_id)))
-                HANDLED.labels(self.domain, envelope.type, "error").inc()
+                _count(self.domain, envelope.type, "error")
                 if op.kind == "command":
                     await self.tx.audit_error(envelope, op)
                 body = InternalError("internal error", correlationId=str(envelope.correlation_id)).to_body()
@@ -262,8 +272,8 @@ class Worker:
                 return
             await self._reply(message, envelope, reply)
             await _settle(message, ack=True)
-            HANDLED.labels(self.domain, envelope.type, "ok").inc()
-            DURATION.labels(self.domain, op.kind).observe(time.perf_counter() - started)
+            _count(self.domain, envelope.type, "ok")
+            self._durations[op.kind].observe(time.perf_counter() - started)
         finally:
             correlation_id.reset(token)
 
@@ -288,6 +298,7 @@ class Worker:
                     content_type="application/json",
                     message_type=env.type,
                 ),
+                wait=False,
             )
         except Exception:
             # The requester may be gone; it sees a timeout. The result is committed either way.
@@ -340,7 +351,7 @@ class Worker:
                 await self._apply_one(message, item)
             return
         for message, item in items:
-            HANDLED.labels(self.domain, item.envelope.type, "ok").inc()
+            _count(self.domain, item.envelope.type, "ok")
             await _settle(message, ack=True)
 
     async def _apply_one(self, message: DeliveredMessage, item: EventItem) -> None:
@@ -352,12 +363,12 @@ class Worker:
         except Exception:
             log.exception("event handler failed after retries; dead-lettered",
                           extra=log_fields(type=item.envelope.type))
-            HANDLED.labels(self.domain, item.envelope.type, "error").inc()
+            _count(self.domain, item.envelope.type, "error")
             await _settle(message, ack=False)
             return
         finally:
             correlation_id.reset(token)
-        HANDLED.labels(self.domain, item.envelope.type, "ok").inc()
+        _count(self.domain, item.envelope.type, "ok")
         await _settle(message, ack=True)
 
     # ------------------------------------------------------------------ timed jobs
@@ -407,8 +418,8 @@ async def _settle(message: DeliveredMessage, *, ack: bool) -> None:
         return
     try:
         if ack:
-            await message.channel.basic_ack(tag)
+            await message.channel.basic_ack(tag, wait=False)  # queued for the writer, not awaited
         else:
-            await message.channel.basic_reject(tag, requeue=False)
+            await message.channel.basic_reject(tag, requeue=False, wait=False)
     except Exception as exc:
         log.warning("could not settle a message; it will be redelivered", extra=log_fields(error=repr(exc)))

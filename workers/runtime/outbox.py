@@ -29,6 +29,7 @@ from workers.runtime.unit_of_work import PendingEvent
 
 log = logging.getLogger("runtime.outbox")
 SWEEP_BATCH = 500
+DELETE_LINGER = 0.05
 
 
 def notify_channel(schema: str) -> str:
@@ -110,8 +111,11 @@ class OutboxPublisher:
             self._wake_deleter.set()
 
     async def _deleter(self) -> None:
+        """Delete published rows in batches: at most one DELETE per `DELETE_LINGER`, so under load
+        one statement removes the rows of many commands instead of one transaction each."""
         while True:
             await self._wake_deleter.wait()
+            await asyncio.sleep(DELETE_LINGER)
             self._wake_deleter.clear()
             await self._flush_deletes()
 

@@ -56,6 +56,15 @@ def validation_error(exc: msgspec.ValidationError) -> DomainError:
 class Transactions:
     def __init__(self, domain: str, engine: AsyncEngine, inbox: Table, outbox: Table,
                  publisher: OutboxPublisher, settings: Settings, services: Any = None) -> None:
+        # One round trip claims the inbox row and writes the outbox rows, only if claimed.
+        self._claim_sql = (
+            f"WITH claimed AS (INSERT INTO {domain}.inbox (message_id, type, reply) VALUES ($1, $2, $3) "
+            f"ON CONFLICT (message_id) DO NOTHING RETURNING message_id), "
+            f"written AS (INSERT INTO {domain}.outbox (message_id, routing_key, body, available_at) "
+            f"SELECT e.m, e.k, e.b, $7 FROM unnest($4::uuid[], $5::text[], $6::bytea[]) AS e(m, k, b) "
+            f"WHERE EXISTS (SELECT 1 FROM claimed) RETURNING 1) "
+            f"SELECT count(*) FROM claimed"
+        )
         self.domain = domain
         self.engine = engine
         self.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -94,10 +103,9 @@ class Transactions:
             if op.audited:
                 uow.emit(uow.audit_record(op.name, AuditOutcome.SUCCESS, audit_target(uow, op, payload, result)))
             events = uow.take_events()
-            if not await self._claim(conn, envelope, op, reply):
+            if not await self._claim(conn, envelope, op, reply, events, uow):
                 await conn.rollback()
                 return await self._stored_reply(envelope)
-            await self.insert_outbox(conn, events, uow)
             await conn.commit()
         self.publisher.submit(events)
         return reply
@@ -113,10 +121,9 @@ class Transactions:
             target.details = {**target.details, "code": err.code}
             uow.emit(uow.audit_record(op.name, AuditOutcome.of_status(err.status), target))
             events += uow.take_events()
-        if not await self._claim(conn, envelope, op, reply):
+        if not await self._claim(conn, envelope, op, reply, events, uow):
             await conn.rollback()
             return await self._stored_reply(envelope)
-        await self.insert_outbox(conn, events, uow)
         await conn.commit()
         self.publisher.submit(events)
         return reply
@@ -137,16 +144,17 @@ class Transactions:
         self.publisher.submit(events)
         return encode(Reply(ok=msgspec.Raw(encode(result))))
 
-    async def _claim(self, conn: AsyncConnection, envelope: Envelope, op: Operation, reply: bytes | None) -> bool:
-        """Insert the inbox row; False if this message id was already processed (a redelivery)."""
-        stored = reply if (reply is None or not op.sensitive_reply) else SENSITIVE_REPLAY
-        result = await conn.execute(
-            pg_insert(self.inbox)
-            .values(message_id=envelope.message_id, type=envelope.type, reply=stored)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(self.inbox.c.message_id)
-        )
-        return result.first() is not None
+    async def _claim(self, conn: AsyncConnection, envelope: Envelope, op: Operation, reply: bytes,
+                     events: list[PendingEvent], uow: UnitOfWork) -> bool:
+        """Insert the inbox row and, if it was not there yet, the outbox rows; False if this
+        message id was already processed (a redelivery)."""
+        stored = reply if not op.sensitive_reply else SENSITIVE_REPLAY
+        result = await conn.exec_driver_sql(self._claim_sql, (
+            envelope.message_id, envelope.type, stored,
+            [e.message_id for e in events], [e.routing_key for e in events], [e.body for e in events],
+            uow.now + self._lease,
+        ))
+        return bool(result.scalar())
 
     async def _stored_reply(self, envelope: Envelope) -> bytes:
         async with self.read_engine.connect() as conn:

@@ -233,20 +233,19 @@ async def create_user(cmd: CreateUser, uow: UnitOfWork) -> UserDetail:
         await live_department(uow.conn, cmd.department_id)
     hashed = await uow.services.hasher.hash(cmd.password)
     try:
-        async with uow.conn.begin_nested():
-            row = (
-                await uow.conn.execute(
-                    users.insert()
-                    .values(
-                        username=username, email=email, password_hash=hashed, first_name=cmd.first_name,
-                        last_name=cmd.last_name, phone=cmd.phone, staff_number=cmd.staff_number,
-                        role=cmd.role.value, department_id=cmd.department_id,
-                        email_otp_enabled=cmd.email_otp_enabled, must_change_password=True,
-                        created_by=uow.actor.user_id, created_at=uow.now, updated_at=uow.now,
-                    )
-                    .returning(*USER_COLUMNS)
+        row = (
+            await uow.conn.execute(
+                users.insert()
+                .values(
+                    username=username, email=email, password_hash=hashed, first_name=cmd.first_name,
+                    last_name=cmd.last_name, phone=cmd.phone, staff_number=cmd.staff_number,
+                    role=cmd.role.value, department_id=cmd.department_id,
+                    email_otp_enabled=cmd.email_otp_enabled, must_change_password=True,
+                    created_by=uow.actor.user_id, created_at=uow.now, updated_at=uow.now,
                 )
-            ).one()
+                .returning(*USER_COLUMNS)
+            )
+        ).one()
     except IntegrityError as exc:
         raise _already_exists(exc) from exc
     uow.emit(user_event(UserCreated, row))
@@ -279,14 +278,13 @@ async def update_user(cmd: UpdateUser, uow: UnitOfWork) -> UserDetail:
     if "department_id" in changed and patch["department_id"] is not None:
         await live_department(uow.conn, patch["department_id"], "departmentId")
     try:
-        async with uow.conn.begin_nested():
-            row = (
-                await uow.conn.execute(
-                    update(users).where(users.c.id == cmd.id)
-                    .values(**{k: patch[k] for k in changed}, updated_at=uow.now, version=users.c.version + 1)
-                    .returning(*USER_COLUMNS)
-                )
-            ).one()
+        row = (
+            await uow.conn.execute(
+                update(users).where(users.c.id == cmd.id)
+                .values(**{k: patch[k] for k in changed}, updated_at=uow.now, version=users.c.version + 1)
+                .returning(*USER_COLUMNS)
+            )
+        ).one()
     except IntegrityError as exc:
         raise _already_exists(exc) from exc
     if "department_id" in changed:
@@ -355,8 +353,7 @@ async def restore_user(cmd: RestoreUser, uow: UnitOfWork) -> UserDetail:
     if _state(row) != "deleted":
         raise _invalid_transition(row, "restored")
     try:
-        async with uow.conn.begin_nested():
-            row = await _set_state(uow, cmd.id, deleted_at=None, is_active=False)
+        row = await _set_state(uow, cmd.id, deleted_at=None, is_active=False)
     except IntegrityError as exc:
         raise _already_exists(exc) from exc
     uow.emit(user_event(UserRestored, row, ["deletedAt"]))

@@ -129,15 +129,14 @@ async def department_stats(q: GetDepartmentStats, uow: UnitOfWork) -> Department
 @registry.handles(CreateDepartment)
 async def create_department(cmd: CreateDepartment, uow: UnitOfWork) -> DepartmentView:
     try:
-        async with uow.conn.begin_nested():
-            row = (
-                await uow.conn.execute(
-                    departments.insert()
-                    .values(code=cmd.code, name=cmd.name, description=cmd.description,
-                            created_at=uow.now, updated_at=uow.now)
-                    .returning(departments)
-                )
-            ).one()
+        row = (
+            await uow.conn.execute(
+                departments.insert()
+                .values(code=cmd.code, name=cmd.name, description=cmd.description,
+                        created_at=uow.now, updated_at=uow.now)
+                .returning(departments)
+            )
+        ).one()
     except IntegrityError as exc:
         raise _code_taken(exc) from exc
     uow.emit(department_event(DepartmentCreated, row))
@@ -152,15 +151,14 @@ async def update_department(cmd: UpdateDepartment, uow: UnitOfWork) -> Departmen
     changed = [k for k, v in patch.items() if getattr(row, k) != v]
     if changed:
         try:
-            async with uow.conn.begin_nested():
-                row = (
-                    await uow.conn.execute(
-                        update(departments).where(departments.c.id == cmd.id)
-                        .values(**{k: patch[k] for k in changed}, updated_at=uow.now,
-                                version=departments.c.version + 1)
-                        .returning(departments)
-                    )
-                ).one()
+            row = (
+                await uow.conn.execute(
+                    update(departments).where(departments.c.id == cmd.id)
+                    .values(**{k: patch[k] for k in changed}, updated_at=uow.now,
+                            version=departments.c.version + 1)
+                    .returning(departments)
+                )
+            ).one()
         except IntegrityError as exc:
             raise _code_taken(exc) from exc
         uow.emit(department_event(DepartmentUpdated, row))
@@ -197,14 +195,13 @@ async def restore_department(cmd: RestoreDepartment, uow: UnitOfWork) -> Departm
         raise Conflict("the department is not deleted", code="invalid_transition",
                        currentState="live", targetState="restored")
     try:
-        async with uow.conn.begin_nested():
-            row = (
-                await uow.conn.execute(
-                    update(departments).where(departments.c.id == cmd.id)
-                    .values(deleted_at=None, updated_at=uow.now, version=departments.c.version + 1)
-                    .returning(departments)
-                )
-            ).one()
+        row = (
+            await uow.conn.execute(
+                update(departments).where(departments.c.id == cmd.id)
+                .values(deleted_at=None, updated_at=uow.now, version=departments.c.version + 1)
+                .returning(departments)
+            )
+        ).one()
     except IntegrityError as exc:
         raise _code_taken(exc) from exc
     uow.emit(department_event(DepartmentRestored, row))
