@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Router
-from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -169,7 +168,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         cors_config=cors,
-        compression_config=CompressionConfig(backend="gzip", minimum_size=2048, gzip_compress_level=5),
         lifespan=[lifespan],
         state=State({"settings": settings}),
         request_max_body_size=1024 * 1024,
