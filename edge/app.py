@@ -23,15 +23,13 @@ from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 from swagger_ui_bundle import swagger_ui_path
 
 from contracts.observability import correlation_id, setup_logging
 from contracts.registry import load_all
-from contracts.rpc import RpcClient
 from contracts.settings import Settings, get_settings
 from edge.access import Access
-from edge.auth import Authenticator, AuthMiddleware, RateWindow, RevocationMirror
+from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
@@ -104,22 +102,15 @@ class CorrelationMiddleware:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = app.state
-    state.redis = Redis.from_url(settings.redis_url)
-    state.mirror = RevocationMirror(state.redis)
-    state.authenticator = Authenticator(settings, state.mirror)
-    state.bus = RpcClient(settings.amqp_url, name="edge", timeout=settings.command_timeout)
-    state.bus.on_connect(state.mirror.bind)
+    await open_auth(state, settings, "edge")
     state.auditor = RefusalAuditor(state.bus)
     state.rate_window = RateWindow(settings.api_rate_limit_per_minute)
-    await state.mirror.start()
     await state.bus.start()
     log.info("edge ready", extra={"fields": {"port": settings.edge_port}})
     try:
         yield
     finally:
-        await state.bus.close()
-        await state.mirror.stop()
-        await state.redis.aclose()
+        await close_auth(state)
 
 
 def _swagger_router() -> Router:

@@ -235,3 +235,22 @@ class AuthMiddleware:
             raise Forbidden(f"this needs one of: {rule.describe()}", code="forbidden")
         state.rate_window.hit(principal.user_id)
         await self.app(scope, receive, send)
+
+
+async def open_auth(state: Any, settings: Settings, name: str) -> None:
+    """What the edge and the relay both hold: Redis, the revocation mirror, the authenticator and a
+    bus link that re-binds the mirror after every reconnect. The caller starts the bus."""
+    from contracts.rpc import RpcClient
+
+    state.redis = Redis.from_url(settings.redis_url)
+    state.mirror = RevocationMirror(state.redis)
+    state.authenticator = Authenticator(settings, state.mirror)
+    state.bus = RpcClient(settings.amqp_url, name=name, timeout=settings.command_timeout)
+    state.bus.on_connect(state.mirror.bind)
+    await state.mirror.start()
+
+
+async def close_auth(state: Any) -> None:
+    await state.bus.close()
+    await state.mirror.stop()
+    await state.redis.aclose()

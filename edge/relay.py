@@ -26,10 +26,9 @@ from redis.asyncio import Redis
 
 from contracts.errors import DomainError, RateLimited
 from contracts.observability import log_fields, setup_logging
-from contracts.rpc import RpcClient
 from contracts.settings import Settings, get_settings
 from edge.access import public, staff
-from edge.auth import Authenticator, Principal, RevocationMirror
+from edge.auth import Principal, close_auth, open_auth
 from edge.problems import EXCEPTION_HANDLERS
 from edge.realtime import Connection, Hub, overlaps
 
@@ -359,16 +358,11 @@ async def relay_health(request: Request) -> dict[str, Any]:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = app.state
-    state.redis = Redis.from_url(settings.redis_url)
-    state.mirror = RevocationMirror(state.redis)
-    state.authenticator = Authenticator(settings, state.mirror)
+    await open_auth(state, settings, "relay")
     state.hub = Hub(settings, state.redis)
     state.mirror.listeners.append(state.hub.on_revocation)
     state.slots = Slots(state.redis, settings.relay_max_connections_per_user, settings.relay_heartbeat)
-    state.bus = RpcClient(settings.amqp_url, name="relay", timeout=settings.command_timeout)
-    state.bus.on_connect(state.mirror.bind)
     state.bus.on_connect(state.hub.bind)
-    await state.mirror.start()
     await state.hub.start()
     await state.bus.start()
     log.info("relay ready", extra=log_fields(port=settings.relay_port))
@@ -376,9 +370,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await state.hub.stop()
-        await state.bus.close()
-        await state.mirror.stop()
-        await state.redis.aclose()
+        await close_auth(state)
 
 
 def create_relay(settings: Settings | None = None) -> Litestar:

@@ -318,3 +318,23 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) 
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false")
+
+
+def _keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+def assert_clean(r: httpx.Response, *forbidden: str) -> None:
+    """No password hash, no password-bearing member, none of the given secrets (passwords,
+    other people's tokens). Field *names* in an error (`"field": "password"`) are fine."""
+    text = r.text
+    assert "$argon2" not in text
+    if text:
+        assert not _keys(r.json()) & {"password", "passwordHash", "password_hash", "currentPassword",
+                                      "newPassword", "pin", "secret"}, text
+    for secret in forbidden:
+        assert secret not in text, f"a secret leaked into {r.request.method} {r.request.url}"

@@ -21,7 +21,17 @@ import pytest
 from redis.asyncio import Redis
 
 from contracts.settings import Settings
-from tests.support import PASSWORD, EventTap, Person, Stack, eventually, loopback_address, make_user, unique
+from tests.support import (
+    PASSWORD,
+    EventTap,
+    Person,
+    Stack,
+    assert_clean,
+    eventually,
+    loopback_address,
+    make_user,
+    unique,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,26 +92,6 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code, body
     assert body["type"] == f"/problems/{code}" and body["status"] == status and body["correlationId"]
     return body
-
-
-def _keys(value: Any) -> set[str]:
-    if isinstance(value, dict):
-        return set(value) | {k for v in value.values() for k in _keys(v)}
-    if isinstance(value, list):
-        return {k for v in value for k in _keys(v)}
-    return set()
-
-
-def assert_clean(r: httpx.Response, *forbidden: str) -> None:
-    """No password hash, no password-bearing member, none of the given secrets (passwords,
-    other people's tokens). Field *names* in an error (`"field": "password"`) are fine."""
-    text = r.text
-    assert "$argon2" not in text
-    if text:
-        assert not _keys(r.json()) & {"password", "passwordHash", "password_hash", "currentPassword",
-                                      "newPassword", "pin", "secret"}, text
-    for secret in forbidden:
-        assert secret not in text, f"a secret leaked into {r.request.method} {r.request.url}"
 
 
 async def is_rejected(api: httpx.AsyncClient, token: str) -> bool:
