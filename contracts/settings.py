@@ -51,6 +51,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_token_max_ttl: float = 30 * 86400.0
     signing_key_pepper: str = DEV_SIGNING_KEY_PEPPER
 
+    mail_backend: str = ""  # smtp | console; empty = console in development, smtp otherwise
+    mail_dir: str = "var/mail"  # where the console backend writes messages (.eml), never to a log
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: str = "auto"  # auto (when the server offers it) | always | never
+    mail_from: str = "Imaging <no-reply@hospital.local>"
+
     edge_host: str = "0.0.0.0"
     edge_port: int = 5000
     relay_host: str = "0.0.0.0"
@@ -90,6 +99,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.environment in _DEV_ENVIRONMENTS
 
     @property
+    def effective_mail_backend(self) -> str:
+        return self.mail_backend or ("console" if self.is_development else "smtp")
+
+    @property
     def sqlalchemy_url(self) -> str:
         """The database URL with the asyncpg driver SQLAlchemy needs."""
         url = self.database_url
@@ -123,6 +136,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("JWT_SECRET must be at least 32 bytes")
         if len(self.signing_key_pepper.encode()) < 32:
             raise SettingsError("SIGNING_KEY_PEPPER must be at least 32 bytes")
+        if self.effective_mail_backend not in ("smtp", "console"):
+            raise SettingsError("MAIL_BACKEND must be smtp or console")
+        if self.smtp_starttls not in ("auto", "always", "never"):
+            raise SettingsError("SMTP_STARTTLS must be auto, always or never")
         if self.delivery_limit < 1:
             raise SettingsError("DELIVERY_LIMIT must be at least 1")
         _ = self.sqlalchemy_url

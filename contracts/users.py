@@ -90,6 +90,19 @@ class TokenPair(View):
     user: UserDetail
 
 
+class OtpChallenge(View):
+    """The answer to a sign-in whose account needs a second factor: a code was mailed."""
+
+    otp_required: bool
+    challenge_id: str
+    expires_at: datetime
+    sent_to: str  # the masked address
+
+
+class Accepted(View):
+    accepted: bool
+
+
 class SessionView(View):
     id: str
     created_at: datetime
@@ -143,6 +156,24 @@ class Revoked(View):
 @command("users.login", result=TokenPair, summary="Sign in with e-mail and password", sensitive_reply=True)
 class Login(Struct):
     email: Annotated[str, Meta(min_length=1, max_length=254)]
+    password: Password
+
+
+@command("users.verify_otp", result=TokenPair, summary="Finish a sign-in with the mailed code",
+         sensitive_reply=True)
+class VerifyOtp(Struct):
+    challenge_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    code: Annotated[str, Meta(pattern=r"^[0-9]{6}$")]
+
+
+@command("users.resend_otp", result=Accepted, summary="Mail a new code for a sign-in challenge")
+class ResendOtp(Struct):
+    challenge_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+@command("users.set_email_otp", result=UserDetail, summary="Turn the caller's e-mail second factor on or off")
+class SetEmailOtp(Struct):
+    enabled: bool
     password: Password
 
 
@@ -416,6 +447,12 @@ class SessionRevoked(Event):
     session_ids: list[str]
     reason: RevokeReason
     expires_at: datetime  # the revocation matters until the last access token of these sessions expires
+
+
+@event("users.otp.sent", relay=False)
+class OtpSent(Event):
+    user_id: UUID
+    challenge_id: str
 
 
 @event("users.login.failed", relay=False)

@@ -14,13 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import PrivateServices, Stack, login
+from tests.support import Mailbox, PrivateServices, Stack, login
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox()
+    box.start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Iterator[dict[str, str]]:
     private = PrivateServices.create()
     logs = tmp_path_factory.mktemp("logs")
     env = private.env(
@@ -36,6 +46,10 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         RELAY_QUEUE_MAX="50",
         SHUTDOWN_GRACE="10s",
         API_RATE_LIMIT_PER_MINUTE="100000",
+        MAIL_BACKEND="smtp",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(mailbox.port),
+        SMTP_STARTTLS="never",
     )
     try:
         yield env

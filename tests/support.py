@@ -31,9 +31,18 @@ REDIS_HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port below the kernel's ephemeral range, so that no outgoing connection can take
+    it between this check and the server's bind."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = 10000 + secrets.randbelow(max(low - 10000, 1000))
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -108,6 +117,49 @@ class PrivateServices:
         asyncio.run(drop_db())
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, timeout=120)
         redis.Redis(host=REDIS_HOST, port=6379, db=self.redis_db).flushdb()
+
+
+@dataclass
+class Mail:
+    to: list[str]
+    text: str
+
+
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd) standing in for the hospital's mail service: the
+    users worker speaks SMTP to it with smtplib. Recipients containing `bounce` are refused."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Mail] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if "bounce" in address:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        from email import policy
+
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        body = message.get_body(("plain",))
+        self.messages.append(Mail(list(envelope.rcpt_tos), body.get_content() if body else ""))
+        return "250 Message accepted"
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def to(self, address: str) -> list[Mail]:
+        return [m for m in self.messages if address in m.to]
 
 
 class Stack:

@@ -6,26 +6,31 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post, put
 from litestar.datastructures import Cookie
 from msgspec import Meta
 
 from contracts.common import Struct
 from contracts.errors import Unauthenticated
 from contracts.users import (
+    Accepted,
     ChangePassword,
     GetMe,
     ListSessions,
     Login,
     Me,
+    OtpChallenge,
+    ResendOtp,
     RevokeAllSessions,
     Revoked,
     RevokeReason,
     RevokeSession,
     SessionView,
+    SetEmailOtp,
     TokenPair,
     UpdateProfile,
     UserDetail,
+    VerifyOtp,
 )
 from edge.access import public, staff
 from edge.bus import send
@@ -44,8 +49,8 @@ class RefreshBody(Struct):
 
 
 class _RefreshPart(msgspec.Struct, rename="camel"):
-    refresh_token: str
-    refresh_token_expires_at: datetime
+    refresh_token: str | None = None  # absent when a sign-in asks for its second factor
+    refresh_token_expires_at: datetime | None = None
 
 
 _refresh_part = msgspec.json.Decoder(_RefreshPart)
@@ -56,6 +61,8 @@ def _with_cookie(response: Response[Any]) -> Response[Any]:
     response is never cached (RFC 6749 §5.1)."""
     part = _refresh_part.decode(response.content)
     response.headers["Cache-Control"] = "no-store"
+    if part.refresh_token is None or part.refresh_token_expires_at is None:
+        return response
     max_age = max(0, int((part.refresh_token_expires_at - datetime.now(part.refresh_token_expires_at.tzinfo))
                          .total_seconds()))
     response.cookies.append(Cookie(key=COOKIE, value=part.refresh_token, path=COOKIE_PATH, httponly=True,
@@ -77,8 +84,28 @@ def _presented_refresh(request: Request, data: RefreshBody | None) -> str | None
 
 @post("/auth/login", operation_id="Login", opt=public(), tags=TAGS, status_code=200,
       summary="Sign in; returns a token pair and sets the refresh cookie")
-async def login(request: Request, data: Login) -> TokenPair:
+async def login(request: Request, data: Login) -> TokenPair | OtpChallenge:
+    """With the e-mail second factor on, the answer is an OtpChallenge: a code was mailed and
+    `POST /auth/otp/verify` finishes the sign-in."""
     return _with_cookie(await send(request, data))  # type: ignore[return-value]
+
+
+@post("/auth/otp/verify", operation_id="VerifyOtp", opt=public(), tags=TAGS, status_code=200,
+      summary="Finish a sign-in with the mailed 6-digit code")
+async def verify_otp(request: Request, data: VerifyOtp) -> TokenPair:
+    return _with_cookie(await send(request, data))  # type: ignore[return-value]
+
+
+@post("/auth/otp/resend", operation_id="ResendOtp", opt=public(), tags=TAGS, status_code=202,
+      summary="Mail a new code for the challenge (at least 60 s apart)")
+async def resend_otp(request: Request, data: ResendOtp) -> Accepted:
+    return await send(request, data, status=202)  # type: ignore[return-value]
+
+
+@put("/auth/me/email-otp", operation_id="SetMyEmailOtp", opt=staff(password_change_pending=True), tags=TAGS,
+     summary="Turn the caller's e-mail second factor on or off (needs the password)")
+async def set_email_otp(request: Request, data: SetEmailOtp) -> UserDetail:
+    return await send(request, data, etag=True)  # type: ignore[return-value]
 
 
 @post("/auth/refresh", operation_id="RefreshToken", opt=public(), tags=TAGS, status_code=200,
@@ -144,4 +171,5 @@ async def delete_session(request: Request, session_id: str) -> None:
     await send(request, RevokeSession(session_id=session_id, reason=RevokeReason.SESSION_DELETED), empty=True)
 
 
-ROUTES = [login, refresh, logout, logout_all, me, update_me, change_password, sessions, delete_session]
+ROUTES = [login, verify_otp, resend_otp, set_email_otp, refresh, logout, logout_all, me, update_me, change_password,
+          sessions, delete_session]

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -19,32 +20,36 @@ def test_run_all_supervises_and_stops_cleanly(stack: Stack) -> None:
     env = {**stack.env, "EDGE_PORT": str(free_port()), "RELAY_PORT": str(free_port()), "LOG_FORMAT": "text"}
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "run-all"], cwd=stack.root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    names = ("edge", "relay", "users", "patients", "imaging", "system")
+    ready_marks = {"edge": "edge ready", "relay": "relay ready"}
     try:
         deadline = time.monotonic() + 60
-        ready = None
         while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{env['EDGE_PORT']}/ready", timeout=5)
-                relay = httpx.get(f"http://127.0.0.1:{env['RELAY_PORT']}/health", timeout=5)
-                if ready.status_code == 200 and relay.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        assert ready is not None and ready.status_code == 200
+            text = "".join(lines)
+            if all(any(line.startswith(f"{n} ") and ready_marks.get(n, "worker started") in line
+                       for line in text.splitlines()) for n in names):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("not every process came up:\n" + "".join(lines)[-3000:])
+        ready = httpx.get(f"http://127.0.0.1:{env['EDGE_PORT']}/ready", timeout=10)
+        assert ready.status_code == 200
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
     assert proc.returncode == 0
-    lines = out.splitlines()
-    for name in ("edge", "relay", "users", "patients", "imaging", "system"):
-        assert any(line.startswith(f"{name} ") and "|" in line for line in lines), f"no output prefixed {name}"
+    out = "".join(lines)
     assert "run-all: stopped" in out
-    assert not any("restarting" in line for line in lines), out[-2000:]
-    assert "worker stopped" in out  # each worker drained and said goodbye
+    assert not any("restarting" in line for line in out.splitlines()), out[-2000:]
+    for name in ("users", "patients", "imaging", "system"):
+        assert any(line.startswith(f"{name} ") and "worker stopped" in line for line in out.splitlines()), name
 
 
 def test_asyncapi_command_prints_the_document(stack: Stack) -> None:

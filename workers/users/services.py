@@ -8,6 +8,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from contracts.settings import Settings
+from workers.users.mail import Mailer
+from workers.users.otp import OtpStore
 from workers.users.passwords import Hasher
 from workers.users.sessions import LoginLimits, Sessions
 
@@ -19,6 +21,8 @@ class UsersServices:
     sessions: Sessions
     limits: LoginLimits
     hasher: Hasher
+    otp: OtpStore
+    mailer: Mailer
 
     async def close(self) -> None:
         self.hasher.close()
@@ -27,7 +31,8 @@ class UsersServices:
 
 def build_services(settings: Settings) -> UsersServices:
     redis = Redis.from_url(settings.redis_url)
-    return UsersServices(settings, redis, Sessions(redis, settings), LoginLimits(redis), Hasher(settings))
+    return UsersServices(settings, redis, Sessions(redis, settings), LoginLimits(redis), Hasher(settings),
+                         OtpStore(redis, settings.jwt_secret), Mailer(settings))
 
 
 async def make_services(worker: Any) -> UsersServices:

@@ -10,17 +10,21 @@ import msgspec
 from sqlalchemy import select, update
 
 from contracts.envelope import encode
-from contracts.errors import Forbidden, NotFound, RateLimited, Unauthenticated, invalid_field
+from contracts.errors import Forbidden, NotFound, RateLimited, Unauthenticated, Unavailable, invalid_field
 from contracts.tokens import issue_access_token
 from contracts.users import (
+    Accepted,
     ChangePassword,
     GetMe,
     ListSessions,
     Login,
     LoginFailed,
     Me,
+    OtpChallenge,
+    OtpSent,
     PasswordChanged,
     RefreshSession,
+    ResendOtp,
     RevokeAllSessions,
     Revoked,
     RevokeReason,
@@ -28,14 +32,18 @@ from contracts.users import (
     SessionRevoked,
     SessionStarted,
     SessionView,
+    SetEmailOtp,
     SigningKeyState,
     TokenPair,
     UpdateProfile,
     UserDetail,
     UserUpdated,
+    VerifyOtp,
 )
 from workers.runtime.unit_of_work import UnitOfWork
 from workers.users.handlers import registry
+from workers.users.mail import MailError, mask_email
+from workers.users.otp import MAX_WRONG_PER_CHALLENGE
 from workers.users.passwords import check_policy
 from workers.users.queries import USER_COLUMNS, camel, load_user, user_detail
 from workers.users.services import UsersServices
@@ -87,7 +95,7 @@ def _token_pair(uow: UnitOfWork, row: Any, sid: str, refresh_token: str, refresh
 
 
 @registry.handles(Login)
-async def login(cmd: Login, uow: UnitOfWork) -> TokenPair:
+async def login(cmd: Login, uow: UnitOfWork) -> TokenPair | OtpChallenge:
     svc = _svc(uow)
     email = cmd.email.strip().lower()
     try:
@@ -117,16 +125,110 @@ async def login(cmd: Login, uow: UnitOfWork) -> TokenPair:
         uow.emit_always(LoginFailed(reason="account_disabled", user_id=row.id))
         raise Forbidden("this account is disabled", code="account_disabled")
     await svc.limits.reset_account(email)
-    values: dict[str, Any] = {"last_login_at": uow.now}
     if svc.hasher.needs_rehash(row.password_hash):
-        values["password_hash"] = await svc.hasher.hash(cmd.password)
-    await uow.conn.execute(update(users).where(users.c.id == row.id).values(**values))
+        hashed = await svc.hasher.hash(cmd.password)
+        await uow.conn.execute(update(users).where(users.c.id == row.id).values(password_hash=hashed))
+    if row.email_otp_enabled:
+        return await _start_challenge(uow, row)
+    return await _open_session(uow, row.id, mfa=False)
+
+
+async def _open_session(uow: UnitOfWork, user_id: UUID, *, mfa: bool) -> TokenPair:
+    svc = _svc(uow)
+    await uow.conn.execute(update(users).where(users.c.id == user_id).values(last_login_at=uow.now))
     sid, refresh, refresh_expires = await svc.sessions.create(
-        row.id, ip=uow.actor.ip, user_agent=uow.actor.user_agent, mfa=False
+        user_id, ip=uow.actor.ip, user_agent=uow.actor.user_agent, mfa=mfa
     )
-    row = await load_user(uow.conn, row.id)
-    uow.emit(SessionStarted(user_id=row.id, session_id=sid, mfa=False))
+    row = await load_user(uow.conn, user_id)
+    uow.emit(SessionStarted(user_id=row.id, session_id=sid, mfa=mfa))
     return _token_pair(uow, row, sid, refresh, refresh_expires)
+
+
+async def _mail_code(uow: UnitOfWork, email: str, code: str) -> None:
+    try:
+        await _svc(uow).mailer.send(
+            email, "Your sign-in code",
+            f"Your sign-in code is {code}. It expires in 5 minutes.\n\n"
+            "If you did not just try to sign in, tell your administrator.",
+        )
+    except MailError as exc:
+        raise Unavailable("the sign-in code could not be sent", code="otp_delivery_unavailable") from exc
+
+
+async def _start_challenge(uow: UnitOfWork, row: Any) -> OtpChallenge:
+    """Second factor: mail a 6-digit code; the session starts only when it comes back."""
+    svc = _svc(uow)
+    await svc.otp.check_send_allowed(row.id)
+    code = svc.otp.new_code()
+    challenge = await svc.otp.create(row.id, code)
+    try:
+        await _mail_code(uow, row.email, code)
+    except Unavailable:
+        await svc.otp.discard(challenge.id)
+        raise
+    await svc.otp.record_send(row.id)
+    uow.emit(OtpSent(user_id=row.id, challenge_id=challenge.id))
+    return OtpChallenge(otp_required=True, challenge_id=challenge.id, expires_at=_ts(challenge.expires_at),
+                        sent_to=mask_email(row.email))
+
+
+@registry.handles(VerifyOtp)
+async def verify_otp(cmd: VerifyOtp, uow: UnitOfWork) -> TokenPair:
+    svc = _svc(uow)
+    challenge = await svc.otp.get(cmd.challenge_id)
+    uow.target("user", challenge.user_id)
+    await svc.otp.check_wrong_allowed(challenge.user_id)
+    if not await svc.otp.verify(challenge, cmd.code):
+        uow.emit_always(LoginFailed(reason="otp_invalid", user_id=challenge.user_id))
+        left = MAX_WRONG_PER_CHALLENGE - challenge.attempts
+        if left <= 0:
+            raise Unauthenticated("too many wrong codes; sign in again", code="otp_expired")
+        raise Unauthenticated("wrong code", code="otp_invalid", attemptsLeft=left)
+    row = (await uow.conn.execute(select(*USER_COLUMNS).where(users.c.id == challenge.user_id))).first()
+    if row is None or row.deleted_at is not None or not row.is_active:
+        uow.emit_always(LoginFailed(reason="account_disabled", user_id=challenge.user_id))
+        raise Forbidden("this account is disabled", code="account_disabled")
+    return await _open_session(uow, row.id, mfa=True)
+
+
+@registry.handles(ResendOtp)
+async def resend_otp(cmd: ResendOtp, uow: UnitOfWork) -> Accepted:
+    svc = _svc(uow)
+    challenge = await svc.otp.get(cmd.challenge_id)
+    uow.target("user", challenge.user_id)
+    await svc.otp.check_send_allowed(challenge.user_id)
+    row = await load_user(uow.conn, challenge.user_id)
+    code = svc.otp.new_code()
+    await svc.otp.replace_code(challenge, code)
+    await _mail_code(uow, row.email, code)
+    await svc.otp.record_send(challenge.user_id)
+    uow.emit(OtpSent(user_id=challenge.user_id, challenge_id=challenge.id))
+    return Accepted(accepted=True)
+
+
+@registry.handles(SetEmailOtp)
+async def set_email_otp(cmd: SetEmailOtp, uow: UnitOfWork) -> UserDetail:
+    svc = _svc(uow)
+    caller = _caller(uow)
+    row = await load_user(uow.conn, caller, lock=True, with_hash=True)
+    uow.target("user", caller)
+    await svc.limits.check_account(row.email)
+    if not await svc.hasher.verify(row.password_hash, cmd.password):
+        await svc.limits.fail_account(row.email)
+        raise invalid_field("password", "incorrect", "the password is not right")
+    if row.email_otp_enabled == cmd.enabled:
+        return user_detail(row)
+    row = (
+        await uow.conn.execute(
+            update(users).where(users.c.id == caller)
+            .values(email_otp_enabled=cmd.enabled, updated_at=uow.now, version=users.c.version + 1)
+            .returning(*USER_COLUMNS)
+        )
+    ).one()
+    from workers.users.handlers.accounts import user_event
+
+    uow.emit(user_event(UserUpdated, row, ["emailOtpEnabled"]))
+    return user_detail(row)
 
 
 @registry.handles(RefreshSession)
