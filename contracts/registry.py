@@ -82,6 +82,9 @@ def operation_of(payload: Any) -> Operation:
 def load_all() -> None:
     """Import every domain module so the registries are complete."""
     import contracts.imaging
+    import contracts.organisation
     import contracts.patients
+    import contracts.scheduling
+    import contracts.signing
     import contracts.system
     import contracts.users  # noqa: F401

@@ -33,7 +33,7 @@ from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
-from edge.routes import audit, auth, departments, ops, users
+from edge.routes import audit, auth, departments, ops, organisation, scheduling, signing, users
 
 log = logging.getLogger("edge")
 
@@ -142,7 +142,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
         }),
         security=[{"bearer": []}],
-        tags=[Tag(name=n) for n in ("auth", "users", "departments", "audit", "operations")],
+        tags=[Tag(name=n) for n in ("auth", "users", "departments", "rooms", "services", "scheduling", "signatures",
+                                    "audit", "operations")],
         use_handler_docstrings=False,
     )
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=True,
@@ -151,8 +152,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      "X-Correlation-ID", "Accept"],
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed"])
-    routes: list[Any] = [*ops.ROUTES, *auth.ROUTES, *users.ROUTES, *departments.ROUTES, *audit.ROUTES,
-                         _swagger_router()]
+    routes: list[Any] = [*ops.ROUTES, *auth.ROUTES, *users.ROUTES, *departments.ROUTES, *organisation.ROUTES,
+                         *scheduling.ROUTES, *signing.ROUTES, *audit.ROUTES, _swagger_router()]
     app = Litestar(
         route_handlers=routes,
         middleware=[CorrelationMiddleware, AuthMiddleware, IdempotencyMiddleware],

@@ -4,4 +4,11 @@ from workers.runtime.registry import HandlerRegistry
 
 registry = HandlerRegistry("users")
 
-from workers.users.handlers import accounts, auth, departments  # noqa: E402, F401
+from workers.users.handlers import (  # noqa: E402, F401
+    accounts,
+    auth,
+    departments,
+    organisation,
+    scheduling,
+    signing,
+)

@@ -1,0 +1,3 @@
+"""Users domain (spec users.md), signing keys and signatures."""
+
+from __future__ import annotations
