@@ -84,3 +84,17 @@ async def declare_query_queue(channel: AbstractChannel, name: str, keys: Iterabl
     for key in keys:
         await channel.queue_bind(name, COMMANDS, routing_key=key)
     return name
+
+
+async def declare_transient_queue(channel: AbstractChannel, name: str, keys: Iterable[str]) -> str:
+    """A non-durable classic queue for transient messages that must never touch the broker's disk
+    (a PIN): nothing is written when the broker restarts, the sender just sees a timeout."""
+    await channel.queue_declare(name, durable=False, auto_delete=False, arguments={
+        "x-queue-type": "classic",
+        "x-message-ttl": QUERY_TTL_MS,
+        "x-max-length": QUERY_MAX_LENGTH,
+        "x-overflow": "reject-publish",
+    })
+    for key in keys:
+        await channel.queue_bind(name, COMMANDS, routing_key=key)
+    return name

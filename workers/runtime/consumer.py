@@ -40,8 +40,10 @@ from contracts.topology import (
     declare_exchanges,
     declare_query_queue,
     declare_quorum_queue,
+    declare_transient_queue,
     events_queue,
     queries_queue,
+    transient_queue,
 )
 from workers.runtime.db import make_engine
 from workers.runtime.outbox import OutboxPublisher
@@ -162,6 +164,10 @@ class Worker:
                 consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
             if queries:
                 name = await declare_query_queue(channel, queries_queue(self.domain), queries)
+                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
+            transient = [op.name for op, _ in ops if op.transient]
+            if transient:
+                name = await declare_transient_queue(channel, transient_queue(self.domain), transient)
                 consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
             if self.registry.subscriptions:
                 events = await connection.channel(publisher_confirms=False)
