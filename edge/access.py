@@ -39,3 +39,6 @@ def staff(*, password_change_pending: bool = False) -> dict[str, Any]:
 
 def roles(*allowed: Role) -> dict[str, Any]:
     return {"access": Access(roles=frozenset(allowed))}
+
+
+CLINICAL = (RCP, PHY, RAD, TECH, ADM)  # "Clinical+": who may read patient data (patients.md §3)

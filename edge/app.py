@@ -33,7 +33,7 @@ from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
-from edge.routes import audit, auth, departments, ops, organisation, scheduling, signing, users
+from edge.routes import audit, auth, departments, ops, organisation, patients, scheduling, signing, users
 
 log = logging.getLogger("edge")
 
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         }),
         security=[{"bearer": []}],
         tags=[Tag(name=n) for n in ("auth", "users", "departments", "rooms", "services", "scheduling", "signatures",
-                                    "audit", "operations")],
+                                    "patients", "encounters", "audit", "operations")],
         use_handler_docstrings=False,
     )
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=True,
@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed"])
     routes: list[Any] = [*ops.ROUTES, *auth.ROUTES, *users.ROUTES, *departments.ROUTES, *organisation.ROUTES,
-                         *scheduling.ROUTES, *signing.ROUTES, *audit.ROUTES, _swagger_router()]
+                         *scheduling.ROUTES, *signing.ROUTES, *patients.ROUTES, *audit.ROUTES, _swagger_router()]
     app = Litestar(
         route_handlers=routes,
         middleware=[CorrelationMiddleware, AuthMiddleware, IdempotencyMiddleware],

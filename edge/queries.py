@@ -48,11 +48,14 @@ def _fields(struct: type) -> dict[str, msgspec.structs.FieldInfo]:
 
 
 def parse_query(request: Request, struct: type[T], *, me: tuple[str, ...] = (), **fixed: Any) -> T:
+    """`fixed` (Python field names) come from the path and win over the query string; None drops one."""
     fields = _fields(struct)
+    by_python_name = {f.name: f.encode_name for f in fields.values()}
+    pinned = {by_python_name[k]: v for k, v in fixed.items()}
     data: dict[str, Any] = {}
     for name, value in request.query_params.items():
         field = fields.get(name)
-        if field is None or name in fixed:
+        if field is None or name in pinned:
             continue
         if _is_list(field.type):
             data[name] = [item.strip() for item in value.split(",") if item.strip()]
@@ -61,7 +64,7 @@ def parse_query(request: Request, struct: type[T], *, me: tuple[str, ...] = (), 
             data[name] = str(principal.user_id) if principal else value
         else:
             data[name] = value
-    data.update(fixed)
+    data.update({k: v for k, v in pinned.items() if v is not None})
     try:
         return msgspec.convert(data, struct, strict=False)
     except msgspec.ValidationError as exc:

@@ -83,7 +83,8 @@ class UnitOfWork:
                    **details: Any) -> None:
         """Record a read of patient data; the system worker coalesces repeats over 5 minutes."""
         self.emit(self.audit_record(action, AuditOutcome.SUCCESS,
-                                    AuditTarget(target_type, str(target_id), patient_ids[:100], details),
+                                    AuditTarget(target_type, None if target_id is None else str(target_id),
+                                                patient_ids[:100], details),
                                     coalesce=True))
 
     def audit_record(self, action: str, outcome: AuditOutcome, target: AuditTarget,
