@@ -33,7 +33,18 @@ from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
-from edge.routes import audit, auth, departments, ops, organisation, patients, scheduling, signing, users
+from edge.routes import (
+    audit,
+    auth,
+    departments,
+    encounters,
+    ops,
+    organisation,
+    patients,
+    scheduling,
+    signing,
+    users,
+)
 
 log = logging.getLogger("edge")
 
@@ -153,7 +164,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed"])
     routes: list[Any] = [*ops.ROUTES, *auth.ROUTES, *users.ROUTES, *departments.ROUTES, *organisation.ROUTES,
-                         *scheduling.ROUTES, *signing.ROUTES, *patients.ROUTES, *audit.ROUTES, _swagger_router()]
+                         *scheduling.ROUTES, *signing.ROUTES, *patients.ROUTES, *encounters.ROUTES, *audit.ROUTES,
+                         _swagger_router()]
     app = Litestar(
         route_handlers=routes,
         middleware=[CorrelationMiddleware, AuthMiddleware, IdempotencyMiddleware],

@@ -32,6 +32,7 @@ from contracts.envelope import Actor, Envelope, Reply, decode_envelope, encode, 
 from contracts.errors import DomainError, InternalError, Unavailable
 from contracts.ids import uuid7
 from contracts.observability import correlation_id, log_fields
+from contracts.rpc import RpcClient
 from contracts.settings import Settings
 from contracts.topology import (
     COMMANDS,
@@ -87,6 +88,7 @@ class Worker:
         self.inbox = inbox_table(metadata, self.domain)
         self.outbox = outbox_table(metadata, self.domain)
         self.tx: Transactions | None = None
+        self.bus: RpcClient | None = None
         self.publisher: OutboxPublisher | None = None
         self.connection: AbstractConnection | None = None
         self._consumers: list[tuple[AbstractChannel, str]] = []
@@ -111,9 +113,13 @@ class Worker:
         engine = make_engine(s)
         self.publisher = OutboxPublisher(engine, self.outbox, self.domain, s)
         await self.publisher.start()
+        # The bus client for questions to other domains' workers (replies over direct reply-to).
+        self.bus = RpcClient(s.amqp_url, name=f"worker-{self.domain}-bus", timeout=s.command_timeout)
+        await self.bus.start()
         if self._services_factory is not None:
             self.services = await self._services_factory(self)
-        self.tx = Transactions(self.domain, engine, self.inbox, self.outbox, self.publisher, s, self.services)
+        self.tx = Transactions(self.domain, engine, self.inbox, self.outbox, self.publisher, s, self.services,
+                               self.bus)
         self._event_loop = asyncio.create_task(self._apply_events(), name="events")
         self._supervisor = asyncio.create_task(self._supervise(), name="broker-link")
         try:
@@ -208,6 +214,8 @@ class Worker:
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
+        if self.bus is not None:
+            await self.bus.close()
         if self.services is not None and hasattr(self.services, "close"):
             await self.services.close()
         if self.tx is not None:

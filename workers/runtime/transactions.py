@@ -55,7 +55,7 @@ def validation_error(exc: msgspec.ValidationError) -> DomainError:
 
 class Transactions:
     def __init__(self, domain: str, engine: AsyncEngine, inbox: Table, outbox: Table,
-                 publisher: OutboxPublisher, settings: Settings, services: Any = None) -> None:
+                 publisher: OutboxPublisher, settings: Settings, services: Any = None, bus: Any = None) -> None:
         # One round trip claims the inbox row and writes the outbox rows, only if claimed.
         self._claim_sql = (
             f"WITH claimed AS (INSERT INTO {domain}.inbox (message_id, type, reply) VALUES ($1, $2, $3) "
@@ -73,10 +73,11 @@ class Transactions:
         self.publisher = publisher
         self.settings = settings
         self.services = services
+        self.bus = bus
         self._lease = timedelta(seconds=settings.outbox_lease)
 
     def uow(self, conn: AsyncConnection, envelope: Envelope) -> UnitOfWork:
-        return UnitOfWork(conn, envelope, self.domain, self.services, self.settings)
+        return UnitOfWork(conn, envelope, self.domain, self.services, self.settings, self.bus)
 
     @staticmethod
     def decode(envelope: Envelope, op: Operation) -> Any:

@@ -33,12 +33,13 @@ class UnitOfWork:
     """One message's transaction. Events emitted here are written to the outbox in the same
     transaction and published only after it commits; a rollback drops them."""
 
-    __slots__ = ("_always", "_events", "actor", "audit", "conn", "domain", "envelope", "now", "services",
+    __slots__ = ("_always", "_events", "actor", "audit", "bus", "conn", "domain", "envelope", "now", "services",
                  "settings")
 
     def __init__(self, conn: AsyncConnection, envelope: Envelope, domain: str, services: Any,
-                 settings: Settings) -> None:
+                 settings: Settings, bus: Any = None) -> None:
         self.conn = conn
+        self.bus = bus
         self.envelope = envelope
         self.actor: Actor = envelope.actor
         self.domain = domain
@@ -52,6 +53,14 @@ class UnitOfWork:
     @property
     def actor_id(self) -> UUID | None:
         return self.actor.user_id
+
+    async def ask(self, payload: Any, result: Any) -> Any:
+        """A query to another domain's worker, as this message's actor and in its correlation:
+        the owner of the data decides, and its audit trail names who really asked."""
+        if self.bus is None:
+            raise RuntimeError("this worker has no bus client")
+        return await self.bus.call(type(payload).OPERATION, payload, self.actor, result=result,
+                                   correlation_id=self.envelope.correlation_id)
 
     def emit(self, event: Event) -> None:
         """Publish `event` if and only if this transaction commits."""

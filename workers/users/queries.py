@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts.common import Role, UserRef
 from contracts.errors import NotFound, reference_error
 from contracts.users import DepartmentView, UserDetail, UserSummary
-from workers.users.tables import departments, users
+from workers.users.tables import departments, rooms, users
 
 USER_COLUMNS = [c for c in users.c if c.name != "password_hash"]
 
@@ -100,7 +100,7 @@ async def department_view(conn: AsyncConnection, department_id: UUID, *, counts:
     row = (await conn.execute(stmt)).first()
     if row is None:
         raise NotFound("no such department")
-    user_count = None
+    user_count = room_count = None
     if counts:
         user_count = (
             await conn.execute(
@@ -108,7 +108,18 @@ async def department_view(conn: AsyncConnection, department_id: UUID, *, counts:
                 .where(users.c.department_id == department_id, users.c.deleted_at.is_(None))
             )
         ).scalar_one()
-    return _department(row, user_count=user_count, room_count=0 if counts else None)
+        room_count = await live_room_count(conn, department_id)
+    return _department(row, user_count=user_count, room_count=room_count)
+
+
+async def live_room_count(conn: AsyncConnection, department_id: UUID) -> int:
+    """Live rooms of a department (its detail's `roomCount`; a delete is refused while any)."""
+    return (
+        await conn.execute(
+            select(func.count()).select_from(rooms)
+            .where(rooms.c.department_id == department_id, rooms.c.deleted_at.is_(None))
+        )
+    ).scalar_one()
 
 
 def _department(row: Any, *, user_count: int | None = None, room_count: int | None = None) -> DepartmentView:

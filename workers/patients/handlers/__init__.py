@@ -4,4 +4,10 @@ from workers.runtime.registry import HandlerRegistry
 
 registry = HandlerRegistry("patients")
 
-from workers.patients.handlers import conditions, patients, vital_signs  # noqa: E402, F401
+from workers.patients.handlers import (  # noqa: E402, F401
+    conditions,
+    encounter_reads,
+    encounters,
+    patients,
+    vital_signs,
+)

@@ -33,7 +33,7 @@ from workers.runtime.lists import fetch_page, like_pattern
 from workers.runtime.unit_of_work import UnitOfWork
 from workers.users.handlers import registry
 from workers.users.handlers.accounts import _check_version
-from workers.users.queries import camel, department_from_row, department_view
+from workers.users.queries import camel, department_from_row, department_view, live_room_count
 from workers.users.tables import DEPARTMENT_SEARCH, departments, users
 
 _SORT = {"code": departments.c.code, "name": departments.c.name, "createdAt": departments.c.created_at}
@@ -177,6 +177,9 @@ async def delete_department(cmd: DeleteDepartment, uow: UnitOfWork) -> None:
     ).scalar_one()
     if members:
         raise Conflict(f"{members} live users belong to this department", code="in_use", users=members)
+    room_count = await live_room_count(uow.conn, cmd.id)
+    if room_count:
+        raise Conflict(f"{room_count} live rooms belong to this department", code="in_use", rooms=room_count)
     row = (
         await uow.conn.execute(
             update(departments).where(departments.c.id == cmd.id)
