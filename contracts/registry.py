@@ -83,6 +83,7 @@ def load_all() -> None:
     """Import every domain module so the registries are complete."""
     import contracts.encounters
     import contracts.imaging
+    import contracts.notifications
     import contracts.organisation
     import contracts.patients
     import contracts.scheduling

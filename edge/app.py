@@ -38,6 +38,7 @@ from edge.routes import (
     auth,
     departments,
     encounters,
+    notifications,
     ops,
     organisation,
     patients,
@@ -154,7 +155,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         }),
         security=[{"bearer": []}],
         tags=[Tag(name=n) for n in ("auth", "users", "departments", "rooms", "services", "scheduling", "signatures",
-                                    "patients", "encounters", "audit", "operations")],
+                                    "patients", "encounters", "notifications", "audit", "operations")],
         use_handler_docstrings=False,
     )
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=True,
@@ -163,9 +164,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      "X-Correlation-ID", "Accept"],
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed"])
-    routes: list[Any] = [*ops.ROUTES, *auth.ROUTES, *users.ROUTES, *departments.ROUTES, *organisation.ROUTES,
-                         *scheduling.ROUTES, *signing.ROUTES, *patients.ROUTES, *encounters.ROUTES, *audit.ROUTES,
-                         _swagger_router()]
+    groups = (ops, auth, users, departments, organisation, scheduling, signing, patients, encounters, notifications,
+              audit)
+    routes: list[Any] = [*(route for group in groups for route in group.ROUTES), _swagger_router()]
     app = Litestar(
         route_handlers=routes,
         middleware=[CorrelationMiddleware, AuthMiddleware, IdempotencyMiddleware],

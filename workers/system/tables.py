@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData(schema="system")
@@ -29,4 +29,24 @@ audit_events = Table(
     Column("correlation_id", UUID(as_uuid=True)),
     Column("details", JSONB, nullable=False),
     Column("coalesce_key", Text),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("recipient_id", UUID(as_uuid=True), nullable=False),
+    Column("sender_id", UUID(as_uuid=True)),
+    Column("type", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("related_entity_type", Text),
+    Column("related_entity_id", Text),
+    Column("is_read", Boolean, nullable=False),
+    Column("read_at", DateTime(timezone=True)),
+    Column("source_event_id", UUID(as_uuid=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+    Column("version", Integer, nullable=False),
 )

@@ -1,4 +1,4 @@
-"""System handlers: storing the audit trail (append-only, reads coalesced) and reading it."""
+"""The audit trail: storing it (append-only, reads coalesced) and reading it."""
 
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ from contracts.system import (
     RecordAuditEvent,
 )
 from workers.runtime.lists import fetch_page
-from workers.runtime.registry import HandlerRegistry
 from workers.runtime.unit_of_work import AuditTarget, UnitOfWork
+from workers.system.handlers import registry
 from workers.system.tables import audit_events
-
-registry = HandlerRegistry("system")
 
 COALESCE_WINDOW = timedelta(minutes=5)
 _SORT = {"occurredAt": audit_events.c.occurred_at}
