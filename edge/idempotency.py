@@ -10,6 +10,7 @@ replays the first result. Redis keeps the finished response for 24 h (replayed w
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from typing import Any
 
@@ -64,7 +65,9 @@ class IdempotencyMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        body_hash = hashlib.sha256(bytes(body)).hexdigest()
+        # Keyed: a plain hash of a small secret body (a PIN) would be brute-forced from Redis.
+        secret = scope["app"].state.settings.jwt_secret.encode()
+        body_hash = hmac.new(secret, bytes(body), hashlib.sha256).hexdigest()
         scope_key = f"{principal.user_id}:{scope['path']}:{key}"
         redis_key = "idem:" + hashlib.sha256(scope_key.encode()).hexdigest()
         redis = scope["app"].state.redis

@@ -131,7 +131,10 @@ async def test_idempotency_key(api: httpx.AsyncClient, admin: dict[str, str], st
 
         from edge.idempotency import _Record
 
-        body_hash = hashlib.sha256(msgspec.json.encode(body)).hexdigest()
+        import hmac
+
+        secret = stack.env.get("JWT_SECRET") or __import__("contracts.settings").settings.DEV_JWT_SECRET
+        body_hash = hmac.new(secret.encode(), msgspec.json.encode(body), hashlib.sha256).hexdigest()
         await client.set(f"idem:{digest}", msgspec.msgpack.encode(_Record("running", body_hash)), ex=60)
         r = await api.post("/departments", content=msgspec.json.encode(body),
                            headers={**admin, "Idempotency-Key": running_key, "content-type": "application/json"})

@@ -16,6 +16,7 @@ def make_engine(settings: Settings, pool_size: int | None = None) -> AsyncEngine
         max_overflow=4,
         pool_pre_ping=False,
         pool_recycle=1800,
+        hide_parameters=True,  # an error's text must never carry its parameters (hashes, sealed keys) to a log
         connect_args={"server_settings": {"application_name": "imaging-worker"}},
     )
 
