@@ -90,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_buffer_maxlen: int = 100_000
     relay_buffer_max_age: float = 24 * 3600.0
 
+    room_schedule_job_interval: float = 60.0  # advance_room_schedules (users.md §8)
+
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_port: int = 0  # workers: Prometheus on this port (0 = off); run-all adds 1 per worker

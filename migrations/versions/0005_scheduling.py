@@ -97,6 +97,8 @@ def upgrade() -> None:
         "(room_id, tstzrange(starts_at, ends_at, '[)')) WHERE is_active"
     )
     op.execute("CREATE INDEX ix_assignments_schedule ON users.employee_room_assignments (room_schedule_id)")
+    # An employee's assignments by time (lists, "mine", stats); the active ones also have the exclusion's gist.
+    op.execute("CREATE INDEX ix_assignments_employee_start ON users.employee_room_assignments (employee_id, starts_at)")
 
 
 def downgrade() -> None:

@@ -158,31 +158,37 @@ class Worker:
         s = self.settings
         connection = await aiormq.connect(s.amqp_url, client_properties={"connection_name": f"worker-{self.domain}"})
         try:
+            # Declare everything and attach the publisher first; only then start taking messages.
+            assert self.publisher is not None
+            self.publisher.attach(await connection.channel(publisher_confirms=True))
             channel = await connection.channel(publisher_confirms=False)
             await channel.basic_qos(prefetch_count=s.worker_prefetch)
             await declare_exchanges(channel)
             ops = self.registry.operations.values()
             commands = [(COMMANDS, op.name) for op, _ in ops if op.kind == "command" and not op.transient]
             queries = [op.name for op, _ in ops if op.kind == "query"]
-            consumers: list[tuple[AbstractChannel, str]] = []
+            transient = [op.name for op, _ in ops if op.transient]
+            sources: list[tuple[AbstractChannel, str, Any]] = []
             if commands:
                 name = await declare_quorum_queue(channel, commands_queue(self.domain), s.delivery_limit, commands)
-                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
+                sources.append((channel, name, self._on_command))
             if queries:
-                name = await declare_query_queue(channel, queries_queue(self.domain), queries)
-                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
-            transient = [op.name for op, _ in ops if op.transient]
+                sources.append((channel, await declare_query_queue(channel, queries_queue(self.domain), queries),
+                                self._on_command))
             if transient:
                 name = await declare_transient_queue(channel, transient_queue(self.domain), transient)
-                consumers.append((channel, (await channel.basic_consume(name, self._on_command)).consumer_tag))
+                sources.append((channel, name, self._on_command))
             if self.registry.subscriptions:
                 events = await connection.channel(publisher_confirms=False)
                 await events.basic_qos(prefetch_count=EVENT_BATCH)
                 bindings = sorted({(EVENTS, sub.pattern) for sub in self.registry.subscriptions})
                 name = await declare_quorum_queue(events, events_queue(self.domain), s.delivery_limit, bindings)
-                consumers.append((events, (await events.basic_consume(name, self._on_event)).consumer_tag))
-            assert self.publisher is not None
-            self.publisher.attach(await connection.channel(publisher_confirms=True))
+                sources.append((events, name, self._on_event))
+            consumers: list[tuple[AbstractChannel, str]] = []
+            for source_channel, queue, callback in sources:
+                if self._stopping:
+                    break
+                consumers.append((source_channel, (await source_channel.basic_consume(queue, callback)).consumer_tag))
         except BaseException:
             with contextlib.suppress(Exception):
                 await connection.close()

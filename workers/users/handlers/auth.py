@@ -33,7 +33,6 @@ from contracts.users import (
     SessionStarted,
     SessionView,
     SetEmailOtp,
-    SigningKeyState,
     TokenPair,
     UpdateProfile,
     UserDetail,
@@ -316,9 +315,14 @@ async def list_sessions(cmd: ListSessions, uow: UnitOfWork) -> list[SessionView]
 
 @registry.handles(GetMe)
 async def get_me(cmd: GetMe, uow: UnitOfWork) -> Me:
+    from workers.users.handlers.on_duty import current_duty
+    from workers.users.signing_keys import signing_key_state
+
     row = await load_user(uow.conn, _caller(uow))
     detail = user_detail(row)
-    return Me(**msgspec.structs.asdict(detail), signing_key=SigningKeyState(has_key=False), current_duty=[])
+    duty = await current_duty(uow.conn, row.id, uow.now)
+    return Me(**msgspec.structs.asdict(detail), signing_key=await signing_key_state(uow.conn, row.id),
+              current_duty=[msgspec.to_builtins(d) for d in duty])
 
 
 @registry.handles(UpdateProfile)
