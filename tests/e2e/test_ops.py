@@ -127,11 +127,11 @@ async def test_idempotency_key(api: httpx.AsyncClient, admin: dict[str, str], st
     digest = hashlib.sha256(f"{me}:/departments:{running_key}".encode()).hexdigest()
     client = aioredis.from_url(stack.env["REDIS_URL"])
     try:
+        import hmac
+
         import msgspec
 
         from edge.idempotency import _Record
-
-        import hmac
 
         secret = stack.env.get("JWT_SECRET") or __import__("contracts.settings").settings.DEV_JWT_SECRET
         body_hash = hmac.new(secret.encode(), msgspec.json.encode(body), hashlib.sha256).hexdigest()
