@@ -162,3 +162,10 @@ def reference_error(field: str, code: str, detail: str) -> Invalid:
     """422 for a body id naming no usable record; the code says why (`invalid_reference`,
     `inactive_reference`, …), on that field (spec README §5)."""
     return Invalid(detail, code=code, field=field, errors=[FieldError(field=field, code=code, detail=detail)])
+
+
+def check_version(row: Any, if_match: int | None) -> None:
+    """`If-Match: "<version>"` given and stale → 412 `version_mismatch` (spec README §3)."""
+    if if_match is not None and row.version != if_match:
+        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
+                                 code="version_mismatch", currentVersion=row.version)

@@ -9,7 +9,7 @@ import msgspec
 from sqlalchemy import select, update
 
 from contracts.common import Page
-from contracts.errors import Conflict, Forbidden, NotFound, PreconditionFailed, reference_error
+from contracts.errors import Conflict, Forbidden, NotFound, check_version, reference_error
 from contracts.patients import (
     BulkCreateConditions,
     ConditionCreated,
@@ -99,9 +99,7 @@ async def _load(uow: UnitOfWork, condition_id: UUID, *, live: bool = True, lock:
 @registry.handles(UpdateCondition)
 async def update_condition(cmd: UpdateCondition, uow: UnitOfWork) -> ConditionView:
     row = await _load(uow, cmd.id, lock=True)
-    if cmd.if_match is not None and row.version != cmd.if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {cmd.if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
+    check_version(row, cmd.if_match)
     patch = {k: v for k, v in msgspec.structs.asdict(cmd.patch).items() if v is not msgspec.UNSET}
     if "clinical_status" in patch:
         patch["clinical_status"] = patch["clinical_status"].value

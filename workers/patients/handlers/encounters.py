@@ -33,7 +33,7 @@ from contracts.encounters import (
     TransferEncounter,
     UpdateEncounter,
 )
-from contracts.errors import Conflict, Forbidden, Invalid, NotFound, PreconditionFailed, reference_error
+from contracts.errors import Conflict, Forbidden, Invalid, NotFound, check_version, reference_error
 from contracts.organisation import GetServiceRoom, RoomStatus, ServiceRoomView
 from contracts.patients import VitalShorthand
 from contracts.users import GetUserRefs
@@ -135,9 +135,7 @@ async def _load(uow: UnitOfWork, encounter_id: UUID, if_match: int | None = None
     if row is None:
         raise NotFound("no such encounter")
     uow.target("encounter", row.id, patient_ids=[row.patient_id])
-    if if_match is not None and row.version != if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
+    check_version(row, if_match)
     return row
 
 

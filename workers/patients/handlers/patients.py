@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, not_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import Conflict, NotFound, PreconditionFailed, invalid_field
+from contracts.errors import Conflict, NotFound, check_version, invalid_field
 from contracts.patients import (
     DeletePatient,
     FindByMrn,
@@ -60,12 +60,6 @@ _SORT = {
 def patient_event(kind: type[PatientEventBase], row: Any) -> PatientEventBase:
     return kind(patient_id=row.id, mrn=row.mrn, first_name=row.first_name, last_name=row.last_name,
                 date_of_birth=row.date_of_birth, gender=row.gender, is_active=row.is_active, version=row.version)
-
-
-def _check_version(row: Any, if_match: int | None) -> None:
-    if if_match is not None and row.version != if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
 
 
 async def _duplicates(uow: UnitOfWork, first: str, last: str, birth: Any) -> list[str]:
@@ -120,7 +114,7 @@ _PATCHABLE = ("first_name", "last_name", "date_of_birth", "gender", "phone", "ad
 async def update_patient(cmd: UpdatePatient, uow: UnitOfWork) -> PatientView:
     row = await load_patient(uow.conn, cmd.id, lock=True)
     uow.target("patient", row.id, patient_ids=[row.id])
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     patch = {k: v for k, v in msgspec.structs.asdict(cmd.patch).items() if v is not msgspec.UNSET}
     if "date_of_birth" in patch:
         check_birth_date(patch["date_of_birth"], uow.settings.clinic_timezone, uow.now)
@@ -144,7 +138,7 @@ async def update_patient(cmd: UpdatePatient, uow: UnitOfWork) -> PatientView:
 async def delete_patient(cmd: DeletePatient, uow: UnitOfWork) -> None:
     row = await load_patient(uow.conn, cmd.id, lock=True)
     uow.target("patient", row.id, patient_ids=[row.id])
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     open_count = (await uow.conn.execute(
         select(func.count()).select_from(encounters)
         .where(encounters.c.patient_id == cmd.id, encounters.c.status.in_(OPEN))

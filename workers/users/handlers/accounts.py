@@ -10,7 +10,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page, Role, UserRef
-from contracts.errors import Conflict, Invalid, PreconditionFailed
+from contracts.errors import Conflict, Invalid, check_version
 from contracts.users import (
     CreateUser,
     DeleteUser,
@@ -88,12 +88,6 @@ def _already_exists(exc: IntegrityError) -> Conflict:
 
 def _is_admin(uow: UnitOfWork) -> bool:
     return uow.actor.role == Role.SYSTEM_ADMIN
-
-
-def _check_version(row: Any, if_match: int | None) -> None:
-    if if_match is not None and row.version != if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
 
 
 def _state(row: Any) -> str:
@@ -262,7 +256,7 @@ async def update_user(cmd: UpdateUser, uow: UnitOfWork) -> UserDetail:
         raise Invalid("isActive changes only through POST /users/{id}/disable and /enable", code="use_transition",
                       field="isActive")
     row = await load_user(uow.conn, cmd.id, lock=True)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     patch = {k: v for k, v in msgspec.structs.asdict(cmd.patch).items() if v is not msgspec.UNSET}
     if "username" in patch:
         patch["username"] = patch["username"].lower()
@@ -308,7 +302,7 @@ async def _set_state(uow: UnitOfWork, user_id: UUID, **values: Any) -> Any:
 @registry.handles(DisableUser)
 async def disable_user(cmd: DisableUser, uow: UnitOfWork) -> UserDetail:
     row = await load_user(uow.conn, cmd.id, live=False, lock=True)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     if _state(row) != "active":
         raise _invalid_transition(row, "disabled")
     await ensure_not_last_admin(uow, row)
@@ -323,7 +317,7 @@ async def disable_user(cmd: DisableUser, uow: UnitOfWork) -> UserDetail:
 @registry.handles(EnableUser)
 async def enable_user(cmd: EnableUser, uow: UnitOfWork) -> UserDetail:
     row = await load_user(uow.conn, cmd.id, live=False, lock=True)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     if _state(row) != "disabled":
         raise _invalid_transition(row, "active")
     row = await _set_state(uow, cmd.id, is_active=True)
@@ -334,7 +328,7 @@ async def enable_user(cmd: EnableUser, uow: UnitOfWork) -> UserDetail:
 @registry.handles(DeleteUser)
 async def delete_user(cmd: DeleteUser, uow: UnitOfWork) -> None:
     row = await load_user(uow.conn, cmd.id, live=False, lock=True)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     if _state(row) == "deleted":
         raise _invalid_transition(row, "deleted")
     await ensure_not_last_admin(uow, row)
@@ -349,7 +343,7 @@ async def delete_user(cmd: DeleteUser, uow: UnitOfWork) -> None:
 @registry.handles(RestoreUser)
 async def restore_user(cmd: RestoreUser, uow: UnitOfWork) -> UserDetail:
     row = await load_user(uow.conn, cmd.id, live=False, lock=True)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     if _state(row) != "deleted":
         raise _invalid_transition(row, "restored")
     try:

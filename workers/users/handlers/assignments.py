@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import Conflict, FieldError, NotFound
+from contracts.errors import Conflict, FieldError, NotFound, check_version
 from contracts.scheduling import (
     AssignEmployee,
     AssignmentDeleted,
@@ -40,7 +40,6 @@ from workers.users.handlers.schedule_support import (
     assignment_view,
     assignment_views,
     check_employees,
-    check_version,
     conflicts_error,
     field_errors,
     overlaps,

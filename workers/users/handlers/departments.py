@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page, Role
-from contracts.errors import BadRequest, Conflict, NotFound, invalid_field, reference_error
+from contracts.errors import BadRequest, Conflict, NotFound, check_version, invalid_field, reference_error
 from contracts.users import (
     AssignDepartmentHead,
     CreateDepartment,
@@ -32,7 +32,6 @@ from workers.runtime.db import constraint_of
 from workers.runtime.lists import fetch_page, like_pattern
 from workers.runtime.unit_of_work import UnitOfWork
 from workers.users.handlers import registry
-from workers.users.handlers.accounts import _check_version
 from workers.users.queries import camel, department_from_row, department_view, live_room_count
 from workers.users.tables import DEPARTMENT_SEARCH, departments, users
 
@@ -146,7 +145,7 @@ async def create_department(cmd: CreateDepartment, uow: UnitOfWork) -> Departmen
 @registry.handles(UpdateDepartment)
 async def update_department(cmd: UpdateDepartment, uow: UnitOfWork) -> DepartmentView:
     row = await _locked(uow, cmd.id)
-    _check_version(row, cmd.if_match)
+    check_version(row, cmd.if_match)
     patch = {k: v for k, v in msgspec.structs.asdict(cmd.patch).items() if v is not msgspec.UNSET}
     changed = [k for k, v in patch.items() if getattr(row, k) != v]
     if changed:

@@ -16,7 +16,13 @@ from sqlalchemy import ColumnElement, Select, case, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Role
-from contracts.errors import BadRequest, Conflict, NotFound, PreconditionFailed, invalid_field, reference_error
+from contracts.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    invalid_field,
+    reference_error,
+)
 from contracts.organisation import (
     DepartmentRef,
     RoomEventBase,
@@ -149,13 +155,6 @@ def unique_conflict(exc: IntegrityError, fields: dict[str, str], detail: str) ->
     if field is None:
         raise exc
     return Conflict(detail.format(field=field), code="already_exists", field=field)
-
-
-def check_version(row: Any, if_match: int | None) -> None:
-    """`If-Match` given and stale → 412 version_mismatch."""
-    if if_match is not None and row.version != if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
 
 
 def not_deleted_conflict(entity: str) -> Conflict:

@@ -10,7 +10,7 @@ from sqlalchemy import and_, exists, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import Conflict, NotFound
+from contracts.errors import Conflict, NotFound, check_version
 from contracts.organisation import (
     CreateRoom,
     DeleteRoom,
@@ -37,7 +37,6 @@ from workers.users.handlers.org_common import (
     admin_filter,
     check_amenities,
     check_price,
-    check_version,
     live_parent,
     locked,
     merge_patch,

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import NotFound
+from contracts.errors import NotFound, check_version
 from contracts.organisation import (
     CreateServiceRoom,
     DeleteServiceRoom,
@@ -30,7 +30,6 @@ from workers.users.handlers.org_common import (
     ROOM_ALIAS,
     SERVICE_ALIAS,
     admin_filter,
-    check_version,
     live_parent,
     locked,
     merge_patch,

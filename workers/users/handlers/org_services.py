@@ -8,7 +8,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import Conflict, NotFound
+from contracts.errors import Conflict, NotFound, check_version
 from contracts.organisation import (
     CreateService,
     DeleteService,
@@ -30,7 +30,6 @@ from workers.users.handlers import registry
 from workers.users.handlers.org_common import (
     SERVICE_SEARCH,
     admin_filter,
-    check_version,
     locked,
     merge_patch,
     not_deleted_conflict,

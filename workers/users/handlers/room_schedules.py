@@ -11,7 +11,7 @@ import msgspec
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from contracts.errors import Conflict, NotFound, reference_error
+from contracts.errors import Conflict, NotFound, check_version, reference_error
 from contracts.scheduling import (
     AssignmentDeleted,
     AssignmentUpdated,
@@ -43,7 +43,6 @@ from workers.users.handlers.schedule_rules import (
 from workers.users.handlers.schedule_support import (
     assignment_event,
     check_employees,
-    check_version,
     conflicts_error,
     field_errors,
     invalid,

@@ -126,14 +126,6 @@ def conflicts_error(items: Sequence[Any], detail: str | None = None) -> Conflict
     return Conflict(text, code=items[0].code, conflicts=msgspec.to_builtins(list(items)))
 
 
-def check_version(row: Any, if_match: int | None) -> None:
-    from contracts.errors import PreconditionFailed
-
-    if if_match is not None and row.version != if_match:
-        raise PreconditionFailed(f"the record is at version {row.version}, not {if_match}",
-                                 code="version_mismatch", currentVersion=row.version)
-
-
 # ---------------------------------------------------------------- shift templates
 
 

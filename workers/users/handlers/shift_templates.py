@@ -11,7 +11,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page, Role
-from contracts.errors import BadRequest, Conflict, FieldError, NotFound
+from contracts.errors import BadRequest, Conflict, FieldError, NotFound, check_version
 from contracts.scheduling import (
     CreateShiftTemplate,
     DeleteShiftTemplate,
@@ -31,7 +31,6 @@ from workers.runtime.lists import fetch_page, like_pattern
 from workers.runtime.unit_of_work import UnitOfWork
 from workers.users.handlers import registry
 from workers.users.handlers.schedule_support import (
-    check_version,
     field_errors,
     invalid_transition,
     parse_time,
