@@ -81,6 +81,7 @@ def operation_of(payload: Any) -> Operation:
 
 def load_all() -> None:
     """Import every domain module so the registries are complete."""
+    import contracts.demo
     import contracts.encounters
     import contracts.imaging
     import contracts.notifications

@@ -92,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     room_schedule_job_interval: float = 60.0  # advance_room_schedules (users.md §8)
 
+    # seed-demo only, never in production: the demo users' password (empty: generated; see contracts.demo)
+    demo_password: str = ""
+
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_port: int = 0  # workers: Prometheus on this port (0 = off); run-all adds 1 per worker

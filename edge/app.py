@@ -34,6 +34,7 @@ from edge.bus import RefusalAuditor
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
 from edge.routes import (
+    admin,
     audit,
     auth,
     departments,
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         }),
         security=[{"bearer": []}],
         tags=[Tag(name=n) for n in ("auth", "users", "departments", "rooms", "services", "scheduling", "signatures",
-                                    "patients", "encounters", "notifications", "audit", "operations")],
+                                    "patients", "encounters", "notifications", "audit", "admin", "operations")],
         use_handler_docstrings=False,
     )
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=True,
@@ -165,7 +166,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed"])
     groups = (ops, auth, users, departments, organisation, scheduling, signing, patients, encounters, notifications,
-              audit)
+              audit, admin)
     routes: list[Any] = [*(route for group in groups for route in group.ROUTES), _swagger_router()]
     app = Litestar(
         route_handlers=routes,

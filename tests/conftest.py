@@ -50,6 +50,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Ite
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(mailbox.port),
         SMTP_STARTTLS="never",
+        DEMO_PASSWORD="Demo-Stack-Passw0rd-7",  # seed-demo (tests/e2e/test_seed_demo.py)
     )
     try:
         yield env

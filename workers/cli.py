@@ -5,6 +5,8 @@
   worker <domain>      run one worker (users, patients, imaging, system); run several to scale
   migrate              apply database migrations (Alembic) up to head
   seed-admin           create the first system_admin from ADMIN_EMAIL / ADMIN_PASSWORD
+  seed-demo            demo data (users, organisation, a week of schedules) through the running workers;
+                       refused in production; password from DEMO_PASSWORD or generated and printed once
   asyncapi             print the AsyncAPI document of every command, query and event
   run-all              supervise edge, relay and the four workers with prefixed logs
   reset --yes          drop every schema and migrate again (development only)
@@ -16,11 +18,16 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from contracts.settings import SettingsError, get_settings
+from contracts.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from contracts.demo import SeedDemoResult
 
 
 def _alembic_config():
@@ -83,6 +90,66 @@ def seed_admin() -> None:
         print("seed-admin: it is shown only now and must be changed at first sign-in")
     else:
         print(f"seed-admin: created {result.email} with the password from ADMIN_PASSWORD")
+
+
+def seed_demo() -> None:
+    """Send the seed commands (contracts.demo.SEED_DEMO_COMMANDS) to the running workers, in order.
+
+    Over the bus rather than in-process: every domain seeds itself through its own worker, its
+    handlers, inbox, audit entry and events, exactly as `POST /admin/seed-demo` does, and the
+    domains that come later only add their command to that one list."""
+    from contracts.demo import is_production
+    from contracts.errors import DomainError
+
+    settings = get_settings()
+    if is_production(settings):
+        raise SystemExit("seed-demo is refused when ENVIRONMENT=production")
+    password = settings.demo_password or None
+    generated = None
+    if password is None:
+        generated = password = secrets.token_urlsafe(15)
+    try:
+        results = asyncio.run(_send_seed_demo(settings, password, must_change=generated is not None))
+    except DomainError as exc:
+        hint = " (are the workers running? `imagingctl run-all`)" if exc.status in (503, 504) else ""
+        raise SystemExit(f"seed-demo: refused: {exc.status} {exc.code}: {exc.detail}{hint}") from None
+    created_any = False
+    for result in results:
+        made = ", ".join(f"{k} {v}" for k, v in result.created.items())
+        kept = ", ".join(f"{k} {v}" for k, v in result.existed.items())
+        print(f"seed-demo: {result.command}: created {made}; already there {kept}")
+        if result.skipped:
+            print(f"seed-demo: {result.command}: skipped " + ", ".join(f"{k} {v}" for k, v in result.skipped.items()))
+        for account in result.accounts:
+            created_any = created_any or account.created
+            state = "created" if account.created else "already existed (password unchanged)"
+            print(f"seed-demo: {account.role.value:<18} {account.email}  {state}")
+    if not created_any:
+        print("seed-demo: no account was created; existing demo accounts keep their passwords")
+    elif generated is None:
+        print("seed-demo: the new demo accounts use the password from DEMO_PASSWORD")
+    else:
+        print(f"seed-demo: the new demo accounts share the one-time password: {generated}")
+        print("seed-demo: it is shown only now and must be changed at first sign-in")
+
+
+async def _send_seed_demo(settings: Settings, password: str, *, must_change: bool) -> list[SeedDemoResult]:
+    from contracts.demo import SEED_TIMEOUT, send_seed_commands
+    from contracts.envelope import Actor
+    from contracts.errors import Unavailable
+    from contracts.registry import load_all
+    from contracts.rpc import RpcClient
+
+    load_all()
+    bus = RpcClient(settings.amqp_url, name="imagingctl-seed-demo", timeout=SEED_TIMEOUT)
+    await bus.start(wait=15)
+    try:
+        if not bus.is_ready:
+            raise Unavailable("RabbitMQ is not reachable at AMQP_URL")
+        return await send_seed_commands(bus, Actor(system="seed-demo"), password=password,
+                                        must_change_password=must_change)
+    finally:
+        await bus.close()
 
 
 def run_worker(domain: str) -> None:
@@ -207,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("domain", choices=["users", "patients", "imaging", "system"])
     sub.add_parser("migrate")
     sub.add_parser("seed-admin")
+    sub.add_parser("seed-demo")
     sub.add_parser("asyncapi")
     sub.add_parser("run-all")
     reset_cmd = sub.add_parser("reset")
@@ -225,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         "relay": run_relay,
         "migrate": migrate,
         "seed-admin": seed_admin,
+        "seed-demo": seed_demo,
         "asyncapi": print_asyncapi,
         "run-all": run_all,
         "reset": reset,

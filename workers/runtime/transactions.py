@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -61,7 +61,8 @@ class Transactions:
             f"WITH claimed AS (INSERT INTO {domain}.inbox (message_id, type, reply) VALUES ($1, $2, $3) "
             f"ON CONFLICT (message_id) DO NOTHING RETURNING message_id), "
             f"written AS (INSERT INTO {domain}.outbox (message_id, routing_key, body, available_at) "
-            f"SELECT e.m, e.k, e.b, $7 FROM unnest($4::uuid[], $5::text[], $6::bytea[]) AS e(m, k, b) "
+            f"SELECT e.m, e.k, e.b, clock_timestamp() + make_interval(secs => $7) "
+            f"FROM unnest($4::uuid[], $5::text[], $6::bytea[]) AS e(m, k, b) "
             f"WHERE EXISTS (SELECT 1 FROM claimed) RETURNING 1) "
             f"SELECT count(*) FROM claimed"
         )
@@ -153,7 +154,7 @@ class Transactions:
         result = await conn.exec_driver_sql(self._claim_sql, (
             envelope.message_id, envelope.type, stored,
             [e.message_id for e in events], [e.routing_key for e in events], [e.body for e in events],
-            uow.now + self._lease,
+            self.settings.outbox_lease,  # the lease runs from the write, not from the transaction's start
         ))
         return bool(result.scalar())
 
@@ -169,11 +170,10 @@ class Transactions:
     async def insert_outbox(self, conn: AsyncConnection, events: list[PendingEvent], uow: UnitOfWork) -> None:
         if not events:
             return
-        available = uow.now + self._lease
+        # The lease runs from the write, not from the transaction's start: a long transaction keeps it.
         await conn.execute(
-            self.outbox.insert(),
-            [{"message_id": e.message_id, "routing_key": e.routing_key, "body": e.body, "available_at": available}
-             for e in events],
+            self.outbox.insert().values(available_at=func.clock_timestamp() + self._lease),
+            [{"message_id": e.message_id, "routing_key": e.routing_key, "body": e.body} for e in events],
         )
 
     async def audit_error(self, envelope: Envelope, op: Operation) -> None:

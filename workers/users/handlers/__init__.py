@@ -10,5 +10,6 @@ from workers.users.handlers import (  # noqa: E402, F401
     departments,
     organisation,
     scheduling,
+    seed_demo,
     signing,
 )
