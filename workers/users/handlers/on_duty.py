@@ -8,11 +8,13 @@ absolute instants, so shifts across midnight need nothing special.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import DateTime, literal, select, text, update
+from sqlalchemy import BindParameter, DateTime, bindparam, literal, select, text, update
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import Page, Role, UserRef
@@ -29,7 +31,7 @@ from contracts.scheduling import (
     ScheduleStatus,
 )
 from contracts.settings import SettingsError, get_settings
-from workers.runtime.lists import fetch_page
+from workers.runtime.lists import order_by
 from workers.runtime.unit_of_work import UnitOfWork
 from workers.users.handlers import registry
 from workers.users.handlers.schedule_support import (
@@ -54,13 +56,38 @@ def _at(value: datetime) -> Any:
     return literal(value, DateTime(timezone=True))
 
 
-def on_duty_where(stmt: Any, room_id: UUID, at: datetime, roles: list[Role] | None) -> Any:
+def on_duty_where(stmt: Any, room_id: Any, at: Any, roles: tuple[str, ...] | None) -> Any:
     """The §6 predicate, written so the planner answers it from `ix_assignments_room_now`."""
-    stmt = stmt.where(_a.c.room_id == room_id, _a.c.is_active, tstzrange(_a).op("@>")(_at(at)),
+    at_value = at if isinstance(at, BindParameter) else _at(at)
+    stmt = stmt.where(_a.c.room_id == room_id, _a.c.is_active, tstzrange(_a).op("@>")(at_value),
                       _s.c.status.in_(OPEN), _u.c.deleted_at.is_(None), _u.c.is_active)
     if roles:
-        stmt = stmt.where(_u.c.role.in_([r.value for r in roles]))
+        stmt = stmt.where(_u.c.role.in_(list(roles)))
     return stmt
+
+
+# The hottest query of the worker (every new encounter asks it, and every queue screen): its
+# statements are built once per role filter and sort, with the room and the instant as parameters.
+_ROOM = bindparam("room_id", type_=PgUUID(as_uuid=True))
+_AT = bindparam("at", type_=DateTime(timezone=True))
+
+
+@functools.cache
+def _refs_statement(roles: tuple[str, ...] | None) -> Any:
+    stmt = (select(_a.c.employee_id, _u.c.first_name, _u.c.last_name, _u.c.role)
+            .select_from(_a.join(_s, _s.c.id == _a.c.room_schedule_id).join(_u, _u.c.id == _a.c.employee_id))
+            .order_by(_u.c.last_name, _u.c.first_name, _a.c.employee_id))
+    return on_duty_where(stmt, _ROOM, _AT, roles)
+
+
+@functools.cache
+def _page_statement(roles: tuple[str, ...] | None, sort: tuple[str, ...]) -> Any:
+    stmt = on_duty_where(assignment_select(), _ROOM, _AT, roles)
+    return stmt.order_by(*order_by(list(sort), _SORT, "lastName", _a.c.id))
+
+
+def _roles(roles: list[Role] | None) -> tuple[str, ...] | None:
+    return tuple(sorted(r.value for r in roles)) if roles else None
 
 
 async def _room_exists(conn: AsyncConnection, room_id: UUID) -> None:
@@ -71,10 +98,8 @@ async def _room_exists(conn: AsyncConnection, room_id: UUID) -> None:
 
 @registry.handles(ListOnDuty)
 async def list_on_duty(q: ListOnDuty, uow: UnitOfWork) -> list[UserRef]:
-    stmt = (select(_a.c.employee_id, _u.c.first_name, _u.c.last_name, _u.c.role)
-            .select_from(_a.join(_s, _s.c.id == _a.c.room_schedule_id).join(_u, _u.c.id == _a.c.employee_id))
-            .order_by(_u.c.last_name, _u.c.first_name, _a.c.employee_id))
-    rows = (await uow.conn.execute(on_duty_where(stmt, q.room_id, q.at or uow.now, q.roles))).all()
+    rows = (await uow.conn.execute(_refs_statement(_roles(q.roles)),
+                                   {"room_id": q.room_id, "at": q.at or uow.now})).all()
     if not rows:
         await _room_exists(uow.conn, q.room_id)  # an unknown room is 404, not "nobody"
     return [UserRef(id=r.employee_id, display_name=display_name(r), role=Role(r.role)) for r in rows]
@@ -82,11 +107,15 @@ async def list_on_duty(q: ListOnDuty, uow: UnitOfWork) -> list[UserRef]:
 
 @registry.handles(RoomOnDuty)
 async def room_on_duty(q: RoomOnDuty, uow: UnitOfWork) -> Page[OnDutyView]:
-    await _room_exists(uow.conn, q.id)
-    stmt = on_duty_where(assignment_select(), q.id, q.at or uow.now, q.role)
-    rows, total, lower = await fetch_page(uow.conn, stmt, q, _SORT, "lastName", _a.c.id)
-    return Page(items=[on_duty_view(r) for r in rows], total=total, page=q.page, limit=q.limit,
-                total_is_lower_bound=lower)
+    """At most a room's capacity (≤ 100) are on duty: one query reads them all, paged here."""
+    q.window_check()
+    stmt = _page_statement(_roles(q.role), tuple(q.sort))
+    rows = (await uow.conn.execute(stmt, {"room_id": q.id, "at": q.at or uow.now})).all()
+    if not rows:
+        await _room_exists(uow.conn, q.id)  # an unknown room is 404, not "nobody"
+    start = (q.page - 1) * q.limit
+    return Page(items=[on_duty_view(r) for r in rows[start:start + q.limit]], total=len(rows), page=q.page,
+                limit=q.limit)
 
 
 async def current_duty(conn: AsyncConnection, user_id: UUID, at: datetime) -> list[AssignmentView]:
