@@ -28,9 +28,10 @@ patients are loaded, the queries drawn and the queues checked straight in Postgr
 5. The same searches straight against Postgres: the patients worker's own `list_patients` handler run
    in this process on one SQLAlchemy/asyncpg connection (identical SQL: the page and, when the page is
    full, the capped count), without edge, broker or audit. Baseline: the same handler, the same
-   queries, inside a transaction that has dropped the two trigram indexes (GIN and GiST on
-   `name_key`) and is rolled back afterwards — the same table, heap, statistics and settings, only
-   without the trigram indexes (Postgres then scans the table, in parallel where it chooses to).
+   queries, inside a transaction that has dropped the search indexes (the trigram GiST and prefix
+   btree of the name vocabulary, the GIN of the name sets' words, the btree of patients by name set)
+   and is rolled back afterwards — the same tables, statistics and settings, only without the
+   indexes (Postgres then scans, in parallel where it chooses to).
    EXPLAIN (ANALYZE, BUFFERS) of one typo query, with and without the indexes.
 6. Encounters: a department, a service, 21 rooms and their service-room links made through the API as
    the admin; a receptionist creates the encounters. wrk at `--connections` for `--duration` s,
@@ -94,7 +95,7 @@ KIND_LABELS = {
     "plain": "full name, no accents", "accents": "full name, with accents", "upper": "full name, upper case",
     "typo": "one typo (no accents)", "partial": "family + given name", "mrn": "MRN",
 }
-TRIGRAM_INDEXES = ("ix_patients_name_trgm", "ix_patients_name_knn")
+SEARCH_INDEXES = ("ix_name_vocabulary_trgm", "ix_name_vocabulary_prefix", "ix_name_sets_words", "ix_patients_name_set")
 
 
 # ----------------------------------------------------------------------------------- names
@@ -580,14 +581,14 @@ class HandlerSql:
         return timings, plans, slowest
 
     async def unindexed(self, queries: list[Query], typo: str) -> tuple[SqlTimings, list[str]]:
-        """The same searches in a transaction that dropped the trigram indexes; rolled back."""
+        """The same searches in a transaction that dropped the search indexes; rolled back."""
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
-            for name in TRIGRAM_INDEXES:
+            for name in SEARCH_INDEXES:
                 await conn.exec_driver_sql(f"DROP INDEX patients.{name}")
             try:
                 plans = await self.explain(conn, typo)
-                timings = await self.time_queries(conn, queries, "no trigram index")
+                timings = await self.time_queries(conn, queries, "no search index")
             finally:
                 await conn.rollback()
         return timings, plans
@@ -840,7 +841,7 @@ class Bench:
                   flush=True)
             indexed, plans, slowest = await sql.indexed(queries, typo)
             subset = [q for kind in KINDS for q in [x for x in queries if x.kind == kind][: args.baseline_per_kind]]
-            print(f"baseline: the same handler without the trigram indexes (DROP INDEX in a transaction, rolled "
+            print(f"baseline: the same handler without the search indexes (DROP INDEX in a transaction, rolled "
                   f"back), {len(subset)} queries ...", flush=True)
             unindexed, plans_unindexed = await sql.unindexed(subset, typo)
         finally:
@@ -940,7 +941,7 @@ class Bench:
         self.results["sqlIndexed"] = indexed.summary()
         self.results["sqlUnindexed"] = unindexed.summary()
         print("\nThe same searches: through the edge (open loop above) · the handler's SQL straight against "
-              "Postgres (one connection,\nsequential) · the same SQL without the trigram indexes (baseline, "
+              "Postgres (one connection,\nsequential) · the same SQL without the search indexes (baseline, "
               f"{self.args.baseline_per_kind} queries per kind)")
         print(f"  {'query kind':<24}{'edge p50':>9}{'p99':>8}{'sql p50':>9}{'p99':>8}{'base p50':>10}{'p99':>9}"
               f"{'edge/base p50':>15}{'p99':>7}")
@@ -968,7 +969,7 @@ class Bench:
         self.results["explain"] = {"query": typo, "indexed": plans, "unindexed": plans_unindexed,
                                    "slowestQuery": slowest[1], "slowestMs": slowest[0], "slowestPlans": slowest_plans}
         print(f"\nEXPLAIN (ANALYZE, BUFFERS) of the typo query {typo!r}, every statement the handler runs")
-        groups = [("with the trigram indexes", plans), ("without them (baseline)", plans_unindexed)]
+        groups = [("with the search indexes", plans), ("without them (baseline)", plans_unindexed)]
         if slowest[1] != typo:
             groups.append((f"the slowest query of the SQL pass, {slowest[1]!r} ({slowest[0]:.0f} ms there)",
                            slowest_plans))
@@ -1133,7 +1134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20240611, help="seed of the data and of the query sample")
     p.add_argument("--queries-per-kind", type=int, default=40, help="patients drawn per kind of query (default 40)")
     p.add_argument("--baseline-per-kind", type=int, default=5,
-                   help="queries per kind run without the trigram indexes (each scans the table; default 5)")
+                   help="queries per kind run without the search indexes (each scans the table; default 5)")
     p.add_argument("--connections", type=int, default=32, help="concurrency of the closed-loop phases (default 32)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--search-rate", type=float, default=0,

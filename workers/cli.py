@@ -163,19 +163,33 @@ def run_worker(domain: str) -> None:
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     _uvloop()
-    asyncio.run(build_worker(domain, settings).run_forever())
+    worker = build_worker(domain, settings)
+    _settle_heap()
+    asyncio.run(worker.run_forever())
 
 
 def run_edge() -> None:
     from edge.app import main
 
+    _settle_heap()
     main()
 
 
 def run_relay() -> None:
     from edge.relay import main
 
+    _settle_heap()
     main()
+
+
+def _settle_heap() -> None:
+    """Move everything loaded at start-up (modules, tables, compiled statements) out of the garbage
+    collector's reach: a full collection then scans only what requests create, so it no longer
+    stalls a request for tens of milliseconds in a process holding SQLAlchemy and Litestar."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _uvloop() -> None:

@@ -134,6 +134,45 @@ async def test_search_by_name_with_typos_accents_mrn_phone(api: httpx.AsyncClien
     assert (await ids(f"qqqqqqq{tag}zzzz")) == []
 
 
+async def test_search_ranks_exact_names_first_then_names_containing_the_words(
+        api: httpx.AsyncClient, admin: dict[str, str], staff: dict[str, Person]) -> None:
+    tag = unique("k")  # a name word nobody else has: 9 letters, so two typos are tolerated
+    rcp = staff["reception_staff"]
+    older = await register(api, rcp, firstName=f"Minh {tag}", lastName="Lê", dateOfBirth="1971-01-01")
+    longer = await register(api, rcp, firstName=f"Minh {tag} Anh", lastName="Lê", dateOfBirth="1972-01-01")
+    newer = await register(api, rcp, firstName=f"Minh {tag}", lastName="Lê", dateOfBirth="1973-01-01")
+    ours = {older["id"], longer["id"], newer["id"]}
+
+    async def found(q: str, **params: object) -> tuple[list[str], int]:
+        r = await api.get("/patients", params={"q": q, **params}, headers=rcp.headers)
+        assert r.status_code == 200, r.text
+        return [p["id"] for p in r.json()["items"] if p["id"] in ours], r.json()["total"]
+
+    exact_then_wider = [newer["id"], older["id"], longer["id"]]
+    assert await found(f"le minh {tag}") == (exact_then_wider, 3)
+    assert await found(f"{tag.upper()} MINH LÊ") == (exact_then_wider, 3)  # any word order, accents, case
+    typo = tag[:3] + ("x" if tag[3] != "x" else "y") + tag[4:]
+    assert (await found(f"le minh {typo}"))[0] == exact_then_wider
+    assert set((await found(f"le minh {tag[:-2]}"))[0]) == ours  # the last word still being typed
+    assert (await found(f"{tag} le"))[0] == [newer["id"], longer["id"], older["id"]]  # contains: newest first
+    assert await found(f"le minh {tag} anh") == ([longer["id"]], 1)
+    assert await found(f"le minh {tag}", limit=1, page=2) == ([older["id"]], 3)  # paging across the tiers
+    assert (await found(f"le minh {tag}", sort="dateOfBirth"))[0] == [older["id"], longer["id"], newer["id"]]
+    assert await found(f"{tag} qqqqqqqqq") == ([], 0)
+
+    assert (await api.delete(f"/patients/{newer['id']}", headers=rcp.headers)).status_code == 204
+    assert await found(f"le minh {tag}") == ([older["id"], longer["id"]], 2)
+    r = await api.get("/patients", params={"q": f"le minh {tag}", "includeDeleted": "true"}, headers=rcp.headers)
+    assert r.status_code == 403 and r.json()["field"] == "includeDeleted"
+    r = await api.get("/patients", params={"q": f"le minh {tag}", "includeDeleted": "true"}, headers=admin)
+    assert [p["id"] for p in r.json()["items"]] == exact_then_wider
+
+    renamed = await api.patch(f"/patients/{older['id']}", json={"firstName": f"Minh {tag} Bảo"},
+                              headers={**rcp.headers, "If-Match": '"1"'})
+    assert renamed.status_code == 200, renamed.text
+    assert await found(f"le minh {tag} bao") == ([older["id"]], 1)  # a renamed patient is found by the new name
+
+
 async def test_list_filters_sort_paging(api: httpx.AsyncClient, staff: dict[str, Person]) -> None:
     rcp = staff["reception_staff"].headers
     birth = "1955-02-03"

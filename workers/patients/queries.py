@@ -24,7 +24,7 @@ from contracts.patients import (
 from workers.patients.tables import patients
 from workers.patients.vitals import CATALOGUE
 
-PATIENT_COLUMNS = [c for c in patients.c if c.name not in ("name_key", "dup_key")]
+PATIENT_COLUMNS = [c for c in patients.c if c.name not in ("name_key", "dup_key", "name_set")]
 EARLIEST_BIRTH = date(1900, 1, 1)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Date, DateTime, ForeignKey, Integer, MetaData, Numeric, Table, Text, func
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 metadata = MetaData(schema="patients")
 
@@ -34,6 +34,7 @@ patients = Table(
     Column("deleted_at", DateTime(timezone=True)),
     Column("name_key", Text),  # generated: accent- and case-free "first last"
     Column("dup_key", Text),  # generated: accent- and case-free "first|last"
+    Column("name_set", Text),  # generated: the accent- and case-free words of the name, distinct, sorted, spaced
     *_stamps(),
 )
 
@@ -115,3 +116,6 @@ conditions = Table(
     Column("deleted_at", DateTime(timezone=True)),
     *_stamps(),
 )
+
+name_sets = Table("name_sets", metadata, Column("name_set", Text, primary_key=True), Column("words", ARRAY(Text)))
+name_vocabulary = Table("name_vocabulary", metadata, Column("word", Text, primary_key=True))

@@ -29,13 +29,13 @@ from contracts.encounters import (
 from contracts.errors import NotFound, invalid_field
 from contracts.patients import LatestVital
 from contracts.scheduling import AssignmentView, CurrentAssignments
-from workers.patients import mrn as mrns
 from workers.patients.handlers import registry
+from workers.patients.name_search import NameQuery, correct, identifier_match
 from workers.patients.queries import condition_view, load_patient, patient_ref, patient_view, today
 from workers.patients.tables import conditions, encounters, patients, vital_signs
 from workers.patients.views import encounter_views
 from workers.patients.vitals import CATALOGUE
-from workers.runtime.lists import fetch_page, like_pattern
+from workers.runtime.lists import fetch_page
 from workers.runtime.unit_of_work import UnitOfWork
 
 OPEN = ("waiting", "arrived", "in_progress")
@@ -46,13 +46,15 @@ _SORT = {
 }
 
 
-def _patient_search(stmt: Select[Any], q: str) -> Select[Any]:
+async def _patient_search(uow: UnitOfWork, stmt: Select[Any], q: str) -> Select[Any]:
+    """Encounters of the patients a free-text search finds: an identifier, or every typed word of
+    the name (typo-tolerant, see workers.patients.name_search)."""
     term = q.strip()
-    matches = [patients.c.name_key.like(func.public.f_unaccent(like_pattern(term.lower())))]
-    if mrns.is_mrn(term):
-        matches.append(patients.c.mrn == mrns.normalise(term))
-    ids = select(patients.c.id).where(or_(*matches))
-    return stmt.where(encounters.c.patient_id.in_(ids))
+    match = identifier_match(term)
+    words = await correct(uow.conn, term)
+    if words is not None:
+        match = or_(match, NameQuery.of(words).matches())
+    return stmt.where(encounters.c.patient_id.in_(select(patients.c.id).where(match)))
 
 
 @registry.handles(ListEncounters)
@@ -72,7 +74,7 @@ async def list_encounters(q: ListEncounters, uow: UnitOfWork) -> Page[EncounterV
     if q.date_to is not None:
         stmt = stmt.where(e.c.business_date <= q.date_to)
     if q.q:
-        stmt = _patient_search(stmt, q.q)
+        stmt = await _patient_search(uow, stmt, q.q)
     rows, total, lower = await fetch_page(uow.conn, stmt, q, _SORT, "-createdAt", e.c.id)
     views = await encounter_views(uow, rows)
     uow.audit_read("patients.list_encounters", "encounter", q.patient_id,
@@ -95,7 +97,7 @@ async def encounter_queue(q: EncounterQueue, uow: UnitOfWork) -> Page[EncounterV
     if q.priority:
         stmt = stmt.where(e.c.priority.in_([p.value for p in q.priority]))
     if q.q:
-        stmt = _patient_search(stmt, q.q)
+        stmt = await _patient_search(uow, stmt, q.q)
     q.window_check()
     ordered = stmt.order_by(desc(e.c.status == "in_progress"), _SORT["priority"], e.c.queue_number)
     rows = (await uow.conn.execute(ordered.limit(q.limit).offset((q.page - 1) * q.limit))).all()

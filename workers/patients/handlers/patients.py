@@ -7,11 +7,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from sqlalchemy import and_, func, not_, or_, select, text, update
+from sqlalchemy import and_, func, not_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from contracts.common import Page
-from contracts.errors import Conflict, NotFound, check_version, invalid_field
+from contracts.errors import Conflict, Forbidden, NotFound, check_version, invalid_field
 from contracts.patients import (
     DeletePatient,
     FindByMrn,
@@ -33,6 +33,7 @@ from contracts.patients import (
 )
 from workers.patients import mrn as mrns
 from workers.patients.handlers import registry
+from workers.patients.name_search import search_page
 from workers.patients.queries import (
     PATIENT_COLUMNS,
     check_birth_date,
@@ -43,7 +44,7 @@ from workers.patients.queries import (
 )
 from workers.patients.tables import encounters, patients
 from workers.runtime.db import constraint_of
-from workers.runtime.lists import fetch_page, like_pattern
+from workers.runtime.lists import fetch_page
 from workers.runtime.unit_of_work import UnitOfWork
 
 MRN_ATTEMPTS = 5
@@ -171,53 +172,34 @@ async def restore_patient(cmd: RestorePatient, uow: UnitOfWork) -> PatientView:
 # ---------------------------------------------------------------- reads (every one audited)
 
 
-def _search(q: str) -> tuple[Any, Any]:
-    """(filter, ranking) for free text: an MRN, a phone or insurance number exactly, or a name
-    accent- and case-free, as a substring or with typos (trigram word similarity)."""
-    term = q.strip()
-    name = func.public.f_unaccent(func.lower(term))
-    conditions = [
-        patients.c.name_key.like(func.public.f_unaccent(like_pattern(term.lower()))),
-        name.op("<%")(patients.c.name_key),
-        patients.c.phone == term,
-        patients.c.insurance_number == term,
-    ]
-    if mrns.is_mrn(term):
-        conditions.append(patients.c.mrn == mrns.normalise(term))
-    return or_(*conditions), patients.c.name_key.op("<->")(name)
-
-
 @registry.handles(ListPatients)
 async def list_patients(q: ListPatients, uow: UnitOfWork) -> Page[PatientView]:
-    stmt = select(*PATIENT_COLUMNS)
+    filters: list[Any] = []
+    if q.include_deleted and uow.actor.role != "system_admin":
+        raise Forbidden("only a system administrator may list deleted patients", code="forbidden",
+                        field="includeDeleted")
     if not q.include_deleted:
-        stmt = stmt.where(patients.c.deleted_at.is_(None))
-    ranking = None
-    if q.q:
-        condition, ranking = _search(q.q)
-        stmt = stmt.where(condition)
+        filters.append(patients.c.deleted_at.is_(None))
     if q.gender:
-        stmt = stmt.where(patients.c.gender.in_([g.value for g in q.gender]))
+        filters.append(patients.c.gender.in_([g.value for g in q.gender]))
     if q.blood_type:
-        stmt = stmt.where(patients.c.blood_type.in_([b.value for b in q.blood_type]))
+        filters.append(patients.c.blood_type.in_([b.value for b in q.blood_type]))
     if q.date_of_birth is not None:
-        stmt = stmt.where(patients.c.date_of_birth == q.date_of_birth)
+        filters.append(patients.c.date_of_birth == q.date_of_birth)
     if q.is_active is not None:
-        stmt = stmt.where(patients.c.is_active.is_(q.is_active))
+        filters.append(patients.c.is_active.is_(q.is_active))
     if q.created_from is not None:
-        stmt = stmt.where(patients.c.created_at >= q.created_from)
+        filters.append(patients.c.created_at >= q.created_from)
     if q.created_to is not None:
-        stmt = stmt.where(patients.c.created_at <= q.created_to)
-    if ranking is not None and not q.sort:
-        # Best matches first; KNN over the trigram GiST index stays fast at millions of rows.
-        sort = {"relevance": ranking, **_SORT}
-        params = msgspec.structs.replace(q, sort=["relevance"])
-        rows, total, lower = await fetch_page(uow.conn, stmt, params, sort, "relevance", patients.c.id)
+        filters.append(patients.c.created_at <= q.created_to)
+    term = (q.q or "").strip()
+    if term:
+        rows, total, lower = await search_page(uow.conn, term, PATIENT_COLUMNS, filters, q, _SORT, "-createdAt")
     else:
+        stmt = select(*PATIENT_COLUMNS).where(*filters)
         rows, total, lower = await fetch_page(uow.conn, stmt, q, _SORT, "-createdAt", patients.c.id)
     ids = [r.id for r in rows]
-    uow.audit_read("patients.list_patients", "patient", None, ids[:100], count=len(ids),
-                   query=bool(q.q))
+    uow.audit_read("patients.list_patients", "patient", None, ids[:100], count=len(ids), query=bool(term))
     return Page(items=[patient_view(r) for r in rows], total=total, page=q.page, limit=q.limit,
                 total_is_lower_bound=lower)
 
