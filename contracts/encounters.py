@@ -284,7 +284,7 @@ class EncounterEventBase(Event):
 
 @event("patients.encounter.created")
 class EncounterCreated(EncounterEventBase):
-    pass
+    room_code: str | None = None  # the room's code when the encounter was created (for notifications)
 
 
 @event("patients.encounter.updated")

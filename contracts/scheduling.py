@@ -538,6 +538,18 @@ class ListOnDuty(Struct):
     roles: list[Role] | None = None
 
 
+class DutyAt(Struct):
+    room_id: UUID
+    at: Instant
+
+
+@query("users.list_on_duty_many", result=list[list[UserRef]],
+       summary="Who is on duty in each of several rooms, each at its instant (bus query; one per batch of events)")
+class ListOnDutyMany(Struct):
+    items: Annotated[list[DutyAt], Meta(max_length=1000)]
+    roles: list[Role] | None = None
+
+
 @query("users.room_on_duty", result=Page[OnDutyView], summary="Who is on duty in a room, with assignment and schedule")
 class RoomOnDuty(ListParams, kw_only=True):
     id: UUID

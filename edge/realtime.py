@@ -66,6 +66,23 @@ NOTIFICATION_EVENTS = {
 }
 
 
+def relay_bindings() -> list[str]:
+    """The relay queue's binding keys: every role's topics and every registered entity with an event
+    some client may see — so the audit trail and the other never-relayed kinds (most of the
+    traffic) never reach the relay, which would only drop them."""
+    from contracts.registry import EVENTS as REGISTERED
+    from contracts.registry import load_all
+
+    load_all()
+    keys = {p for topics in ROLE_TOPICS.values() for p in topics if p != "*.*.*"}
+    keys |= set(NOTIFICATION_EVENTS) | set(ADMIN_ONLY) | set(OWN_ONLY)
+    for kind, cls in REGISTERED.items():
+        if cls.RELAY and not any_match(NEVER_RELAYED, kind):
+            domain, entity, _ = kind.split(".")
+            keys.add(f"{domain}.{entity}.*")
+    return sorted(keys)
+
+
 def matches(pattern: str, name: str) -> bool:
     """`*` stands for exactly one dot-separated segment."""
     p, n = pattern.split("."), name.split(".")
@@ -271,11 +288,14 @@ class Hub:
     # ------------------------------------------------------------------ ingest
 
     async def bind(self, channel: aiormq.abc.AbstractChannel) -> None:
-        """On every broker (re)connect: an exclusive queue for all events."""
+        """On every broker (re)connect: an exclusive queue bound to each event type a client may
+        ever see (never the audit trail and the other never-relayed kinds: they would cost the
+        broker and this process for nothing)."""
         await channel.exchange_declare(EVENTS, exchange_type="topic", durable=True)
         declared = await channel.queue_declare("", exclusive=True, auto_delete=True,
                                                arguments={"x-max-length": 100_000})
-        await channel.queue_bind(declared.queue, EVENTS, routing_key="#")
+        for key in relay_bindings():
+            await channel.queue_bind(declared.queue, EVENTS, routing_key=key)
         await channel.basic_qos(prefetch_count=256)
         await channel.basic_consume(declared.queue, self._on_event, no_ack=False)
 

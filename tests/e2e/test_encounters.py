@@ -178,6 +178,26 @@ async def test_transfer(api: httpx.AsyncClient, clinic: Clinic, admin: dict[str,
     assert r.status_code == 422
 
 
+async def test_a_room_change_reaches_the_cached_link(api: httpx.AsyncClient, clinic: Clinic,
+                                                    admin: dict[str, str]) -> None:
+    """The patients worker caches service-room links; a room put under maintenance is refused at
+    once all the same (the change event drops the cache in every patients process)."""
+    room, link = await _room_with_link(api, admin, clinic.department["id"], clinic.links[0]["service"]["id"])
+    body = {"serviceRoomId": link["id"], "type": "outpatient"}
+    first = await api.post("/encounters", json={**body, "patientId": (await patient(api, clinic))["id"]},
+                           headers=clinic.reception.headers)
+    assert first.status_code == 201, first.text  # the link is cached now
+    r = await api.patch(f"/rooms/{room['id']}", json={"status": "maintenance"}, headers=admin)
+    assert r.status_code == 200, r.text
+
+    async def refused() -> bool:
+        r = await api.post("/encounters", json={**body, "patientId": (await patient(api, clinic))["id"]},
+                           headers=clinic.reception.headers)
+        return r.status_code == 422 and r.json()["code"] == "room_unavailable"
+
+    await eventually(refused, timeout=3)
+
+
 async def test_refused_references_write_nothing(api: httpx.AsyncClient, clinic: Clinic, admin: dict[str, str],
                                                 stack: Stack) -> None:
     p = await patient(api, clinic)

@@ -54,5 +54,11 @@ async def encounter_views(uow: UnitOfWork, rows: list[Any]) -> list[EncounterVie
     return [_view(r, patient_map[r.patient_id], physicians.get(r.assigned_physician_id)) for r in rows]
 
 
-async def encounter_view(uow: UnitOfWork, row: Any) -> EncounterView:
-    return (await encounter_views(uow, [row]))[0]
+async def encounter_view(uow: UnitOfWork, row: Any, *, patient: PatientRef | None = None) -> EncounterView:
+    """One encounter's view; `patient` when the caller has already read the patient's row."""
+    if patient is None:
+        return (await encounter_views(uow, [row]))[0]
+    physician = None
+    if row.assigned_physician_id is not None:
+        physician = (await user_refs(uow, {row.assigned_physician_id})).get(row.assigned_physician_id)
+    return _view(row, patient, physician)

@@ -48,7 +48,7 @@ from contracts.topology import (
 )
 from workers.runtime.db import make_engine
 from workers.runtime.outbox import OutboxPublisher
-from workers.runtime.registry import HandlerRegistry, Job
+from workers.runtime.registry import HandlerRegistry, Job, topic_matches
 from workers.runtime.retry import with_retries
 from workers.runtime.tables import inbox_table, outbox_table
 from workers.runtime.transactions import NO_REPLY, EventItem, Transactions
@@ -184,11 +184,20 @@ class Worker:
                 bindings = sorted({(EVENTS, sub.pattern) for sub in self.registry.subscriptions})
                 name = await declare_quorum_queue(events, events_queue(self.domain), s.delivery_limit, bindings)
                 sources.append((events, name, self._on_event))
+            if self.registry.watchers:
+                declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+                watched = str(declared.queue)
+                for pattern in sorted({w.pattern for w in self.registry.watchers}):
+                    await channel.queue_bind(watched, EVENTS, routing_key=pattern)
+                self._notify_watchers(None)  # whatever changed while we were not listening
+                sources.append((channel, watched, self._on_watched))
             consumers: list[tuple[AbstractChannel, str]] = []
             for source_channel, queue, callback in sources:
                 if self._stopping:
                     break
-                consumers.append((source_channel, (await source_channel.basic_consume(queue, callback)).consumer_tag))
+                no_ack = callback == self._on_watched
+                consumed = await source_channel.basic_consume(queue, callback, no_ack=no_ack)
+                consumers.append((source_channel, consumed.consumer_tag))
         except BaseException:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -325,6 +334,21 @@ class Worker:
             log.warning("reply could not be sent", extra=log_fields(type=envelope.type))
 
     # ------------------------------------------------------------------ events
+
+    async def _on_watched(self, message: DeliveredMessage) -> None:
+        try:
+            envelope = decode_envelope(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            envelope = None
+        self._notify_watchers(envelope)
+
+    def _notify_watchers(self, envelope: Envelope | None) -> None:
+        for watcher in self.registry.watchers:
+            if envelope is None or topic_matches(watcher.pattern, envelope.type):
+                try:
+                    watcher.notify(envelope)
+                except Exception:
+                    log.exception("a cache watcher failed")
 
     async def _on_event(self, message: DeliveredMessage) -> None:
         self._events.append(message)

@@ -77,8 +77,8 @@ class Transactions:
         self.bus = bus
         self._lease = timedelta(seconds=settings.outbox_lease)
 
-    def uow(self, conn: AsyncConnection, envelope: Envelope) -> UnitOfWork:
-        return UnitOfWork(conn, envelope, self.domain, self.services, self.settings, self.bus)
+    def uow(self, conn: AsyncConnection, envelope: Envelope, batch: dict[str, Any] | None = None) -> UnitOfWork:
+        return UnitOfWork(conn, envelope, self.domain, self.services, self.settings, self.bus, batch)
 
     @staticmethod
     def decode(envelope: Envelope, op: Operation) -> Any:
@@ -204,17 +204,15 @@ class Transactions:
                 .on_conflict_do_nothing(index_elements=["message_id"])
                 .returning(self.inbox.c.message_id)
             )).scalars())
-            events: list[PendingEvent] = []
-            last: UnitOfWork | None = None
+            fresh: list[EventItem] = []
             for item in items:
                 if item.envelope.message_id not in claimed:
                     continue  # already applied (a redelivery)
                 claimed.discard(item.envelope.message_id)  # a duplicate inside the batch too
-                last = self.uow(conn, item.envelope)
-                await self._apply(item, last)
-                events += last.take_events()
-            if last is not None:
-                await self.insert_outbox(conn, events, last)
+                fresh.append(item)
+            events = await self._apply_all(conn, fresh)
+            if fresh:
+                await self.insert_outbox(conn, events, self.uow(conn, fresh[-1].envelope))
             await conn.commit()
         self.publisher.submit(events)
 
@@ -233,7 +231,7 @@ class Transactions:
                 return
             uow = self.uow(conn, item.envelope)
             try:
-                await self._apply(item, uow)
+                events = await self._apply_all(conn, [item])
             except (DomainError, msgspec.ValidationError) as err:
                 log.warning("event refused by its handler", extra=log_fields(type=item.envelope.type, error=str(err)))
                 await conn.rollback()
@@ -244,15 +242,36 @@ class Transactions:
                         .on_conflict_do_nothing(index_elements=["message_id"])
                     )
                 return
-            events = uow.take_events()
             await self.insert_outbox(conn, events, uow)
             await conn.commit()
         self.publisher.submit(events)
 
-    @staticmethod
-    async def _apply(item: EventItem, uow: UnitOfWork) -> None:
-        for sub in item.subscriptions:
-            await sub.handler(msgspec.json.decode(item.envelope.payload, type=sub.event_type), uow)
+    async def _apply_all(self, conn: AsyncConnection, items: list[EventItem]) -> list[PendingEvent]:
+        """Run every subscription's handler for each event in order, with the subscriptions'
+        batch hooks around them (prefetch before, flush after); the events they emitted."""
+        batch: dict[str, Any] = {}
+        decoded = [(item, [(sub, msgspec.json.decode(item.envelope.payload, type=sub.event_type))
+                           for sub in item.subscriptions]) for item in items]
+        hooked: dict[int, tuple[EventSubscription, list[tuple[Envelope, Any]]]] = {}
+        for item, pairs in decoded:
+            for sub, event in pairs:
+                if sub.prefetch is not None or sub.flush is not None:
+                    hooked.setdefault(id(sub), (sub, []))[1].append((item.envelope, event))
+        for sub, matched in hooked.values():
+            if sub.prefetch is not None:
+                await sub.prefetch(matched, self.uow(conn, matched[0][0], batch))
+        events: list[PendingEvent] = []
+        for item, pairs in decoded:
+            uow = self.uow(conn, item.envelope, batch)
+            for sub, event in pairs:
+                await sub.handler(event, uow)
+            events += uow.take_events()
+        for sub, matched in hooked.values():
+            if sub.flush is not None:
+                uow = self.uow(conn, matched[-1][0], batch)
+                await sub.flush(uow)
+                events += uow.take_events()
+        return events
 
     # ------------------------------------------------------------------ timed jobs
 

@@ -33,12 +33,13 @@ class UnitOfWork:
     """One message's transaction. Events emitted here are written to the outbox in the same
     transaction and published only after it commits; a rollback drops them."""
 
-    __slots__ = ("_always", "_events", "actor", "audit", "bus", "conn", "domain", "envelope", "now", "services",
-                 "settings")
+    __slots__ = ("_always", "_events", "actor", "audit", "batch", "bus", "conn", "domain", "envelope", "now",
+                 "services", "settings")
 
     def __init__(self, conn: AsyncConnection, envelope: Envelope, domain: str, services: Any,
-                 settings: Settings, bus: Any = None) -> None:
+                 settings: Settings, bus: Any = None, batch: dict[str, Any] | None = None) -> None:
         self.conn = conn
+        self.batch: dict[str, Any] = {} if batch is None else batch  # shared by the events of one batch
         self.bus = bus
         self.envelope = envelope
         self.actor: Actor = envelope.actor

@@ -39,10 +39,11 @@ from contracts.patients import VitalShorthand
 from contracts.users import GetUserRefs
 from workers.patients.handlers import registry
 from workers.patients.handlers.vital_signs import record
-from workers.patients.queries import referenced_patient, today
+from workers.patients.queries import patient_ref, referenced_patient, today
 from workers.patients.tables import encounters, patients, queue_counters
 from workers.patients.views import encounter_view
 from workers.patients.vitals import from_shorthand
+from workers.runtime.cache import LocalCache
 from workers.runtime.db import constraint_of
 from workers.runtime.unit_of_work import UnitOfWork
 
@@ -58,13 +59,23 @@ def encounter_event(kind: type[EncounterEventBase], row: Any, mrn: str, previous
                 assigned_physician_id=row.assigned_physician_id, version=row.version, expired=expired)
 
 
+# Service-room links as the users worker last told this process; any change to a link, a room or a
+# service drops them all (every replica hears it on its own queue), and none is older than a minute.
+SERVICE_ROOMS: LocalCache[UUID, ServiceRoomView] = LocalCache(ttl=60)
+registry.watch("users.service_room.*", "users.room.*", "users.service.*")(SERVICE_ROOMS.clear)
+
+
 async def usable_service_room(uow: UnitOfWork, service_room_id: UUID, field: str) -> ServiceRoomView:
     """The service-room link an encounter points at: live and active, its service active, its room
     active and not under maintenance (asked of the users worker, which owns them)."""
-    try:
-        link: ServiceRoomView = await uow.ask(GetServiceRoom(id=service_room_id), ServiceRoomView)
-    except NotFound as exc:
-        raise reference_error(field, "invalid_reference", "no such service-room link") from exc
+    link = SERVICE_ROOMS.get(service_room_id)
+    if link is None:
+        generation = SERVICE_ROOMS.generation
+        try:
+            link = await uow.ask(GetServiceRoom(id=service_room_id), ServiceRoomView)
+        except NotFound as exc:
+            raise reference_error(field, "invalid_reference", "no such service-room link") from exc
+        SERVICE_ROOMS.put(service_room_id, link, generation)
     if not link.is_active or not link.service.is_active:
         raise reference_error(field, "inactive_reference", "this service is not offered in this room now")
     if not link.room.is_active or link.room.status == RoomStatus.MAINTENANCE:
@@ -84,15 +95,16 @@ async def active_physician(uow: UnitOfWork, user_id: UUID, field: str) -> UserRe
     return msgspec.convert(ref, UserRef, strict=False)
 
 
-async def next_number(uow: UnitOfWork, room_id: UUID, day: Any) -> int:
+def next_number(room_id: UUID, day: Any) -> Any:
     """The room's next queue number of the day: one upsert on the counter row, inside the
-    encounter's transaction, so concurrent creations queue on the row and a rollback returns it."""
+    encounter's transaction, so concurrent creations queue on the row and a rollback returns it.
+    A CTE, so that the number is taken by the statement that inserts the encounter: the row lock is
+    held from there to the commit, never across a round trip."""
     stmt = pg_insert(queue_counters).values(room_id=room_id, business_date=day, last_number=1)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=["room_id", "business_date"],
         set_={"last_number": queue_counters.c.last_number + 1},
-    ).returning(queue_counters.c.last_number)
-    return (await uow.conn.execute(stmt)).scalar_one()
+    ).returning(queue_counters.c.last_number).cte("next_number")
 
 
 async def _mrn(uow: UnitOfWork, patient_id: UUID) -> str:
@@ -107,11 +119,12 @@ async def open_encounter(cmd: OpenEncounter, uow: UnitOfWork) -> EncounterView:
     if cmd.assigned_physician_id is not None:
         await active_physician(uow, cmd.assigned_physician_id, "assignedPhysicianId")
     day = today(uow.settings.clinic_timezone, uow.now)
-    number = await next_number(uow, link.room_id, day)
+    number = next_number(link.room_id, day)
     try:
         row = (await uow.conn.execute(encounters.insert().values(
             patient_id=patient.id, service_room_id=link.id, room_id=link.room_id, service_id=link.service_id,
-            queue_number=number, business_date=day, type=cmd.type.value, priority=cmd.priority.value,
+            queue_number=select(number.c.last_number).scalar_subquery(), business_date=day,
+            type=cmd.type.value, priority=cmd.priority.value,
             chief_complaint=cmd.chief_complaint, symptoms=cmd.symptoms, notes=cmd.notes,
             assigned_physician_id=cmd.assigned_physician_id, created_by=uow.actor.user_id,
             created_at=uow.now, updated_at=uow.now,
@@ -126,8 +139,9 @@ async def open_encounter(cmd: OpenEncounter, uow: UnitOfWork) -> EncounterView:
         items = from_shorthand(cmd.vital_signs) if isinstance(cmd.vital_signs, VitalShorthand) else cmd.vital_signs
         if items:
             await record(uow, row, items)
-    uow.emit(encounter_event(EncounterCreated, row, patient.mrn, None))
-    return await encounter_view(uow, row)
+    created = encounter_event(EncounterCreated, row, patient.mrn, None)
+    uow.emit(msgspec.structs.replace(created, room_code=link.room.code))  # type: ignore[type-var]
+    return await encounter_view(uow, row, patient=patient_ref(patient))
 
 
 async def _load(uow: UnitOfWork, encounter_id: UUID, if_match: int | None = None) -> Any:
@@ -264,7 +278,7 @@ async def transfer_encounter(cmd: TransferEncounter, uow: UnitOfWork) -> Encount
         if link.room_id != row.room_id:
             day = today(uow.settings.clinic_timezone, uow.now)
             values.update(room_id=link.room_id, business_date=day,
-                          queue_number=await next_number(uow, link.room_id, day))
+                          queue_number=select(next_number(link.room_id, day).c.last_number).scalar_subquery())
     try:
         row = (await uow.conn.execute(
             update(encounters).where(encounters.c.id == row.id)

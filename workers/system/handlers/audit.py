@@ -32,27 +32,35 @@ def _coalesce_key(ev: AuditRecord) -> str:
     return f"{who}|{ev.action}|{ev.target_type}|{ev.target_id}|{patients}"
 
 
+def _row(uow: UnitOfWork, ev: AuditRecord, coalesce_key: str | None) -> dict[str, Any]:
+    return {
+        "id": uuid7(), "message_id": uow.envelope.message_id, "occurred_at": ev.occurred_at,
+        "last_occurred_at": ev.occurred_at, "repeat_count": 1, "actor_id": ev.actor_id, "actor_role": ev.actor_role,
+        "actor_system": ev.actor_system, "session_id": ev.session_id, "action": ev.action,
+        "target_type": ev.target_type, "target_id": ev.target_id, "patient_ids": list(ev.patient_ids)[:100],
+        "outcome": ev.outcome.value, "ip": ev.ip, "user_agent": (ev.user_agent or "")[:500] or None,
+        "correlation_id": ev.correlation_id, "details": ev.details, "coalesce_key": coalesce_key,
+    }
+
+
 async def _insert(uow: UnitOfWork, ev: AuditRecord, coalesce_key: str | None) -> None:
-    await uow.conn.execute(
-        pg_insert(audit_events)
-        .values(
-            id=uuid7(), message_id=uow.envelope.message_id, occurred_at=ev.occurred_at,
-            last_occurred_at=ev.occurred_at, repeat_count=1, actor_id=ev.actor_id, actor_role=ev.actor_role,
-            actor_system=ev.actor_system, session_id=ev.session_id, action=ev.action,
-            target_type=ev.target_type, target_id=ev.target_id, patient_ids=list(ev.patient_ids)[:100],
-            outcome=ev.outcome.value, ip=ev.ip, user_agent=(ev.user_agent or "")[:500] or None,
-            correlation_id=ev.correlation_id, details=ev.details, coalesce_key=coalesce_key,
-        )
-        .on_conflict_do_nothing(index_elements=["message_id"])
-    )
+    await uow.conn.execute(pg_insert(audit_events).values(_row(uow, ev, coalesce_key))
+                           .on_conflict_do_nothing(index_elements=["message_id"]))
 
 
-@registry.on_event("*.audit.recorded", AuditRecord)
+async def _insert_collected(uow: UnitOfWork) -> None:
+    """The batch's plain (not coalesced) entries in one multi-row insert."""
+    rows = uow.batch.pop("audit_rows", None)
+    if rows:
+        await uow.conn.execute(pg_insert(audit_events).on_conflict_do_nothing(index_elements=["message_id"]), rows)
+
+
+@registry.on_event("*.audit.recorded", AuditRecord, flush=_insert_collected)
 async def store_audit_event(ev: AuditRecord, uow: UnitOfWork) -> None:
     """One audit fact from any worker. A read of patient data repeated by the same user within
     5 minutes raises the first entry's `repeatCount` instead of adding a row."""
     if not ev.coalesce:
-        await _insert(uow, ev, None)
+        uow.batch.setdefault("audit_rows", []).append(_row(uow, ev, None))
         return
     key = _coalesce_key(ev)
     await uow.conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.common import Page, UserRef
 from contracts.encounters import EncounterCreated, EncounterTransferred
+from contracts.envelope import Envelope
 from contracts.errors import NotFound, invalid_field, reference_error
 from contracts.ids import uuid7
 from contracts.notifications import (
@@ -34,7 +35,7 @@ from contracts.notifications import (
     Updated,
 )
 from contracts.organisation import GetRoom, RoomView
-from contracts.scheduling import ListOnDuty
+from contracts.scheduling import DutyAt, ListOnDuty, ListOnDutyMany
 from contracts.users import GetUserRefs, UserDirectory, UserSummary
 from workers.runtime.lists import fetch_page, like_pattern
 from workers.runtime.unit_of_work import UnitOfWork
@@ -80,17 +81,29 @@ async def notify(uow: UnitOfWork, recipients: list[UUID], kind: NotificationType
 # ---------------------------------------------------------------- triggers
 
 
-@registry.on_event("patients.encounter.created", EncounterCreated)
+async def _on_duty_for_batch(matched: list[tuple[Envelope, EncounterCreated]], uow: UnitOfWork) -> None:
+    """One bus query for a whole batch of new encounters: who was on duty in each room when each
+    patient joined its queue."""
+    items = [DutyAt(room_id=ev.room_id, at=env.occurred_at) for env, ev in matched]
+    staff: list[list[UserRef]] = await uow.ask(ListOnDutyMany(items=items), list[list[UserRef]])
+    uow.batch["on_duty"] = {env.message_id: people for (env, _), people in zip(matched, staff, strict=True)}
+
+
+@registry.on_event("patients.encounter.created", EncounterCreated, prefetch=_on_duty_for_batch)
 async def encounter_created(ev: EncounterCreated, uow: UnitOfWork) -> None:
     """Everyone on duty in the room when the patient joined its queue."""
-    staff: list[UserRef] = await uow.ask(ListOnDuty(room_id=ev.room_id, at=uow.envelope.occurred_at), list[UserRef])
+    staff: list[UserRef] | None = uow.batch.get("on_duty", {}).get(uow.envelope.message_id)
+    if staff is None:
+        staff = await uow.ask(ListOnDuty(room_id=ev.room_id, at=uow.envelope.occurred_at), list[UserRef])
     if not staff:
         return
-    room: RoomView = await uow.ask(GetRoom(id=ev.room_id), RoomView)
+    code = ev.room_code
+    if code is None:  # an event from before room codes rode along
+        code = (await uow.ask(GetRoom(id=ev.room_id), RoomView)).code
     await notify(
         uow, [s.id for s in staff], NotificationType.ENCOUNTER_ASSIGNED,
-        f"New patient #{ev.queue_number} in {room.code}",
-        f"Queue number {ev.queue_number} in room {room.code} (MRN {ev.mrn}), priority {ev.priority.value}.",
+        f"New patient #{ev.queue_number} in {code}",
+        f"Queue number {ev.queue_number} in room {code} (MRN {ev.mrn}), priority {ev.priority.value}.",
         related=(RelatedEntityType.ENCOUNTER, ev.encounter_id), source_event=uow.envelope.message_id,
     )
 

@@ -24,6 +24,7 @@ from contracts.scheduling import (
     AdvanceRoomSchedules,
     AssignmentView,
     ListOnDuty,
+    ListOnDutyMany,
     OnDutyView,
     RoomOnDuty,
     RoomScheduleCompleted,
@@ -103,6 +104,17 @@ async def list_on_duty(q: ListOnDuty, uow: UnitOfWork) -> list[UserRef]:
     if not rows:
         await _room_exists(uow.conn, q.room_id)  # an unknown room is 404, not "nobody"
     return [UserRef(id=r.employee_id, display_name=display_name(r), role=Role(r.role)) for r in rows]
+
+
+@registry.handles(ListOnDutyMany)
+async def list_on_duty_many(q: ListOnDutyMany, uow: UnitOfWork) -> list[list[UserRef]]:
+    """ListOnDuty for many (room, instant) pairs in one message; an unknown room is nobody here."""
+    stmt = _refs_statement(_roles(q.roles))
+    out: list[list[UserRef]] = []
+    for item in q.items:
+        rows = (await uow.conn.execute(stmt, {"room_id": item.room_id, "at": item.at})).all()
+        out.append([UserRef(id=r.employee_id, display_name=display_name(r), role=Role(r.role)) for r in rows])
+    return out
 
 
 @registry.handles(RoomOnDuty)
