@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     command_timeout: float = 10.0
     ingest_timeout: float = 120.0
     api_rate_limit_per_minute: int = 600
+    dicomweb_rate_limit_per_minute: int = 30000  # DICOMweb requests per user per minute (a viewer fetches every frame)
 
     worker_prefetch: int = 64
     delivery_limit: int = 5
@@ -91,6 +92,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_buffer_max_age: float = 24 * 3600.0
 
     room_schedule_job_interval: float = 60.0  # advance_room_schedules (users.md §8)
+
+    # ---- imaging: blob store (contracts.blobstore) and ingest limits (imaging.md §4)
+    blob_store: str = "filesystem"  # filesystem | cloudinary
+    blob_dir: str = "var/blobs"  # filesystem root (staging/ and objects/ below it); shared by edge and imaging worker
+    cloudinary_url: str = ""  # cloudinary://<api_key>:<api_secret>@<cloud_name>
+    cloudinary_upload_prefix: str = ""  # API base, e.g. https://api.cloudinary.com (tests: the local stand-in)
+    cloudinary_delivery_prefix: str = ""  # delivery base for downloads, e.g. https://res.cloudinary.com
+    cloudinary_folder: str = "imaging"  # every blob lives below this folder; one sub-folder per study
+    imaging_max_instance_bytes: int = 512 * 1024 * 1024  # one part of an upload / STOW request → 413 beyond
+    imaging_max_request_bytes: int = 4 * 1024 * 1024 * 1024  # a whole upload / STOW request → 413 beyond
+    imaging_max_parts: int = 500  # parts per upload / STOW request
+    imaging_stable_after: float = 60.0  # quiet period before imaging.study.stabilized
+    imaging_stable_job_interval: float = 10.0  # mark_stable_studies timer
+    imaging_staging_max_age: float = 3600.0  # sweep_staging deletes staged blobs older than this
+    qido_max_limit: int = 1000  # QIDO-RS hard cap on limit (reported in a Warning header)
+    qido_default_limit: int = 100
 
     # seed-demo only, never in production: the demo users' password (empty: generated; see contracts.demo)
     demo_password: str = ""
@@ -145,6 +162,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("MAIL_BACKEND must be smtp or console")
         if self.smtp_starttls not in ("auto", "always", "never"):
             raise SettingsError("SMTP_STARTTLS must be auto, always or never")
+        if self.blob_store not in ("filesystem", "cloudinary"):
+            raise SettingsError("BLOB_STORE must be filesystem or cloudinary")
+        if self.blob_store == "cloudinary" and not self.cloudinary_url:
+            raise SettingsError("BLOB_STORE=cloudinary needs CLOUDINARY_URL")
         if self.delivery_limit < 1:
             raise SettingsError("DELIVERY_LIMIT must be at least 1")
         _ = self.sqlalchemy_url

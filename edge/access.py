@@ -20,6 +20,7 @@ class Access:
     public: bool = False  # no token needed (a token, if sent and valid, is still used)
     roles: frozenset[Role] | None = None  # None = any signed-in active user (Staff)
     allow_password_change_pending: bool = False  # reachable while mustChangePassword (/auth/me*)
+    rate: str = "api"  # which per-user budget a request counts against: api, or dicomweb (viewers fetch many frames)
 
     def describe(self) -> str:
         if self.public:
@@ -39,6 +40,11 @@ def staff(*, password_change_pending: bool = False) -> dict[str, Any]:
 
 def roles(*allowed: Role) -> dict[str, Any]:
     return {"access": Access(roles=frozenset(allowed))}
+
+
+def dicomweb_roles(*allowed: Role) -> dict[str, Any]:
+    """A DICOMweb route: a role rule, counted against the DICOMweb budget (DICOMWEB_RATE_LIMIT_PER_MINUTE)."""
+    return {"access": Access(roles=frozenset(allowed), rate="dicomweb")}
 
 
 CLINICAL = (RCP, PHY, RAD, TECH, ADM)  # "Clinical+": who may read patient data (patients.md §3)

@@ -25,12 +25,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Histogram
 from swagger_ui_bundle import swagger_ui_path
 
+from contracts.blobstore import make_blob_store
 from contracts.observability import correlation_id, setup_logging
 from contracts.registry import load_all
 from contracts.settings import Settings, get_settings
 from edge.access import Access
 from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
+from edge.dicomweb import qido as dicomweb_qido
+from edge.dicomweb import stow as dicomweb_stow
+from edge.dicomweb import wado as dicomweb_wado
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
 from edge.routes import (
@@ -45,6 +49,7 @@ from edge.routes import (
     patients,
     scheduling,
     signing,
+    studies,
     users,
 )
 
@@ -111,6 +116,28 @@ class CorrelationMiddleware:
             correlation_id.reset(token)
 
 
+class DicomWebHeaders:
+    """`Cross-Origin-Resource-Policy: cross-origin` on every DICOMweb answer, errors included, so a
+    viewer served from another origin (OHIF) may use the images (imaging.md §7)."""
+
+    HEADER = (b"cross-origin-resource-policy", b"cross-origin")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/dicom-web/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.HEADER]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -118,11 +145,14 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     await open_auth(state, settings, "edge")
     state.auditor = RefusalAuditor(state.bus)
     state.rate_window = RateWindow(settings.api_rate_limit_per_minute)
+    state.dicomweb_rate_window = RateWindow(settings.dicomweb_rate_limit_per_minute)
+    state.blobs = make_blob_store(settings)
     await state.bus.start()
     log.info("edge ready", extra={"fields": {"port": settings.edge_port}})
     try:
         yield
     finally:
+        await state.blobs.close()
         await close_auth(state)
 
 
@@ -156,21 +186,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
         }),
         security=[{"bearer": []}],
         tags=[Tag(name=n) for n in ("auth", "users", "departments", "rooms", "services", "scheduling", "signatures",
-                                    "patients", "encounters", "notifications", "audit", "admin", "operations")],
+                                    "patients", "encounters", "studies", "dicomweb", "notifications", "audit", "admin",
+                                    "operations")],
         use_handler_docstrings=False,
     )
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=True,
                       allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match",
-                                     "X-Correlation-ID", "Accept"],
+                                     "X-Correlation-ID", "Accept", "If-None-Match"],
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
-                                      "Idempotent-Replayed"])
+                                      "Idempotent-Replayed", "Warning", "Content-Location", "Content-Encoding"])
     groups = (ops, auth, users, departments, organisation, scheduling, signing, patients, encounters, notifications,
-              audit, admin)
+              audit, admin, studies, dicomweb_stow, dicomweb_qido, dicomweb_wado)
     routes: list[Any] = [*(route for group in groups for route in group.ROUTES), _swagger_router()]
     app = Litestar(
         route_handlers=routes,
-        middleware=[CorrelationMiddleware, AuthMiddleware, IdempotencyMiddleware],
+        middleware=[CorrelationMiddleware, DicomWebHeaders, AuthMiddleware, IdempotencyMiddleware],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         cors_config=cors,

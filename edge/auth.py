@@ -233,7 +233,7 @@ class AuthMiddleware:
         if rule.roles is not None and principal.role not in rule.roles:
             state.auditor.refused(scope, "http.forbidden", "forbidden")
             raise Forbidden(f"this needs one of: {rule.describe()}", code="forbidden")
-        state.rate_window.hit(principal.user_id)
+        (state.dicomweb_rate_window if rule.rate == "dicomweb" else state.rate_window).hit(principal.user_id)
         await self.app(scope, receive, send)
 
 

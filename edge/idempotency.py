@@ -44,6 +44,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# Sign-in has its own rules; uploads stream (never buffered here) and are idempotent by SOP Instance UID.
+UNBUFFERED = ("/auth/", "/dicom-web/", "/studies/upload")
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -54,7 +58,7 @@ class IdempotencyMiddleware:
             return
         key = _header(scope, b"idempotency-key")
         principal = scope.get("user")
-        if key is None or principal is None or scope["path"].startswith("/auth/"):
+        if key is None or principal is None or scope["path"].startswith(UNBUFFERED):
             await self.app(scope, receive, send)
             return
         if not key or len(key) > MAX_KEY:

@@ -51,6 +51,10 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Ite
         SMTP_PORT=str(mailbox.port),
         SMTP_STARTTLS="never",
         DEMO_PASSWORD="Demo-Stack-Passw0rd-7",  # seed-demo (tests/e2e/test_seed_demo.py)
+        BLOB_DIR=str(tmp_path_factory.mktemp("blobs")),
+        IMAGING_STABLE_AFTER="1s",
+        IMAGING_STABLE_JOB_INTERVAL="500ms",
+        INGEST_TIMEOUT="60s",
     )
     try:
         yield env

@@ -39,8 +39,9 @@ def _patients(settings: Settings) -> Worker:
 
 def _imaging(settings: Settings) -> Worker:
     from workers.imaging.handlers import registry
+    from workers.imaging.services import make_services
 
-    return Worker(registry, settings)
+    return Worker(registry, settings, services=make_services)
 
 
 def _system(settings: Settings) -> Worker:

@@ -96,20 +96,27 @@ class Transactions:
             await conn.begin()
             uow = self.uow(conn, envelope)
             try:
-                payload = self.decode(envelope, op)
-                result = await handler(payload, uow)
-            except DomainError as err:
-                await conn.rollback()
-                return await self._commit_failure(conn, uow, envelope, op, err)
-            reply = encode(Reply(ok=msgspec.Raw(encode(result))))
-            if op.audited:
-                uow.emit(uow.audit_record(op.name, AuditOutcome.SUCCESS, audit_target(uow, op, payload, result)))
-            events = uow.take_events()
-            if not await self._claim(conn, envelope, op, reply, events, uow):
-                await conn.rollback()
-                return await self._stored_reply(envelope)
-            await conn.commit()
+                try:
+                    payload = self.decode(envelope, op)
+                    result = await handler(payload, uow)
+                except DomainError as err:
+                    await conn.rollback()
+                    await run_hooks(uow.take_hooks(committed=False))
+                    return await self._commit_failure(conn, uow, envelope, op, err)
+                reply = encode(Reply(ok=msgspec.Raw(encode(result))))
+                if op.audited:
+                    uow.emit(uow.audit_record(op.name, AuditOutcome.SUCCESS, audit_target(uow, op, payload, result)))
+                events = uow.take_events()
+                if not await self._claim(conn, envelope, op, reply, events, uow):
+                    await conn.rollback()
+                    await run_hooks(uow.take_hooks(committed=False))
+                    return await self._stored_reply(envelope)
+                await conn.commit()
+            except BaseException:
+                await run_hooks(uow.take_hooks(committed=False))
+                raise
         self.publisher.submit(events)
+        await run_hooks(uow.take_hooks(committed=True))
         return reply
 
     async def _commit_failure(self, conn: AsyncConnection, uow: UnitOfWork, envelope: Envelope,
@@ -285,12 +292,26 @@ class Transactions:
                 await conn.rollback()
                 return False
             uow = self.uow(conn, envelope)
-            await job.handler(uow)
-            events = uow.take_events()
-            await self.insert_outbox(conn, events, uow)
-            await conn.commit()
+            try:
+                await job.handler(uow)
+                events = uow.take_events()
+                await self.insert_outbox(conn, events, uow)
+                await conn.commit()
+            except BaseException:
+                await run_hooks(uow.take_hooks(committed=False))
+                raise
         self.publisher.submit(events)
+        await run_hooks(uow.take_hooks(committed=True))
         return True
+
+
+async def run_hooks(hooks: list[Any]) -> None:
+    """After-commit or rollback actions of a unit of work: each runs, a failure is logged."""
+    for hook in hooks:
+        try:
+            await hook()
+        except Exception:
+            log.exception("an after-commit/rollback action failed")
 
 
 def audit_target(uow: UnitOfWork, op: Operation, payload: Any, result: Any) -> AuditTarget:

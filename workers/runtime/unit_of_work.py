@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,8 +34,8 @@ class UnitOfWork:
     """One message's transaction. Events emitted here are written to the outbox in the same
     transaction and published only after it commits; a rollback drops them."""
 
-    __slots__ = ("_always", "_events", "actor", "audit", "batch", "bus", "conn", "domain", "envelope", "now",
-                 "services", "settings")
+    __slots__ = ("_after_commit", "_always", "_events", "_on_rollback", "actor", "audit", "batch", "bus", "conn",
+                 "domain", "envelope", "now", "services", "settings")
 
     def __init__(self, conn: AsyncConnection, envelope: Envelope, domain: str, services: Any,
                  settings: Settings, bus: Any = None, batch: dict[str, Any] | None = None) -> None:
@@ -50,6 +51,8 @@ class UnitOfWork:
         self.audit = AuditTarget()
         self._events: list[PendingEvent] = []
         self._always: list[PendingEvent] = []
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
+        self._on_rollback: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def actor_id(self) -> UUID | None:
@@ -62,6 +65,21 @@ class UnitOfWork:
             raise RuntimeError("this worker has no bus client")
         return await self.bus.call(type(payload).OPERATION, payload, self.actor, result=result,
                                    correlation_id=self.envelope.correlation_id)
+
+    def after_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` once this transaction has committed, before the reply (e.g. delete blobs
+        the change made unreachable). Best effort: a failure is logged, never undoes the commit."""
+        self._after_commit.append(action)
+
+    def on_rollback(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` if this transaction does not commit (e.g. remove what the handler wrote
+        outside the database)."""
+        self._on_rollback.append(action)
+
+    def take_hooks(self, committed: bool) -> list[Callable[[], Awaitable[None]]]:
+        hooks = self._after_commit if committed else self._on_rollback
+        self._after_commit, self._on_rollback = [], []
+        return hooks
 
     def emit(self, event: Event) -> None:
         """Publish `event` if and only if this transaction commits."""
