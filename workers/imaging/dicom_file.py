@@ -276,10 +276,10 @@ def name_key(text: str) -> str:
     """Search key of a person name: case-folded, Latin/Greek/Cyrillic diacritics removed
     (other scripts are kept as they are), compatibility forms folded (full-width letters),
     `^`, `=`, `\\` and runs of white space turned into single spaces.
-    "Doe^John" -> "doe john", "Müller^Jürgen" -> "muller jurgen". Use it for queries too."""
+    "Doe^John" -> "doe john", "Müller^Jürgen" -> "muller jurgen", "Đặng" -> "dang". Use it for queries too."""
     folded = unicodedata.normalize("NFKD", text.casefold())
     stripped = "".join(char for char in folded if not _is_diacritic(char))
-    composed = unicodedata.normalize("NFC", stripped).replace("\x00", " ")
+    composed = unicodedata.normalize("NFC", stripped).replace("\x00", " ").replace("đ", "d")  # Vietnamese d-bar
     for separator in "^=\\":
         composed = composed.replace(separator, " ")
     return " ".join(composed.split())
