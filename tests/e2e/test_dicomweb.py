@@ -148,13 +148,14 @@ async def test_patient_matched_by_mrn(api: httpx.AsyncClient, tech: dict[str, st
     assert item["matchStatus"] == "matched" and item["patientId"] == patient["id"]
     r = await api.get("/studies", params={"patientId": patient["id"]}, headers=staff["physician"].headers)
     assert [s["studyInstanceUid"] for s in r.json()["items"]] == [study.study_uid]
-    audit = await eventually(lambda: _audited(api, admin, patient["id"]))
-    assert audit
+    r = await api.get(f"{DW}/studies", params={"PatientID": patient["mrn"]}, headers=staff["physician"].headers)
+    assert [d["0020000D"]["Value"][0] for d in r.json()] == [study.study_uid]
+    for action in ("imaging.list_studies", "imaging.qido_study"):
+        assert await eventually(lambda action=action: _audited(api, admin, patient["id"], action))
 
 
-async def _audited(api: httpx.AsyncClient, admin: dict[str, str], patient_id: str) -> bool:
-    r = await api.get("/audit-events", params={"patientId": patient_id, "action": "imaging.list_studies"},
-                      headers=admin)
+async def _audited(api: httpx.AsyncClient, admin: dict[str, str], patient_id: str, action: str) -> bool:
+    r = await api.get("/audit-events", params={"patientId": patient_id, "action": action}, headers=admin)
     return r.status_code == 200 and r.json()["total"] >= 1
 
 

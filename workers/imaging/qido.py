@@ -585,6 +585,7 @@ def plan_search(q: QidoSearch, *, default_limit: int = DEFAULT_LIMIT,
         attrs_at[lv] = len(columns)
         columns.append(_ATTRS_COL[lv])
 
+    columns.append("s.patient_id")  # last: whose data this row is, for the audit trail (never returned)
     text = f"SELECT {', '.join(columns)} FROM {_from(level)}"
     if sql.where:
         text += " WHERE " + " AND ".join(sql.where)
@@ -635,7 +636,8 @@ def _build(plan: QidoPlan, include_all: bool, level: QidoLevel, row: Any, base: 
 
 
 async def qido_search(conn: AsyncConnection, q: QidoSearch, *, base_url: str,
-                      default_limit: int = DEFAULT_LIMIT, max_limit: int = MAX_LIMIT) -> tuple[bytes, list[str]]:
+                      default_limit: int = DEFAULT_LIMIT, max_limit: int = MAX_LIMIT,
+                      patients: set[Any] | None = None) -> tuple[bytes, list[str]]:
     """Run one QIDO-RS search: the JSON array (bytes) of DICOM JSON objects and the warnings of
     the search itself (`q.warnings`, the edge's, are not repeated: the handler adds them).
     `base_url` is the public base (settings.public_base_url)."""
@@ -655,6 +657,8 @@ async def qido_search(conn: AsyncConnection, q: QidoSearch, *, base_url: str,
         if plan.custom_plan:
             with contextlib.suppress(DBAPIError):  # an aborted transaction takes the SET with it
                 await conn.exec_driver_sql("RESET plan_cache_mode")
+    if patients is not None:  # the matched patients whose data the answer holds (the audit trail names them)
+        patients.update(row[-1] for row in rows if row[-1] is not None)
     base = base_url.rstrip("/") + "/dicom-web"
     return b"[" + b",".join([_build(plan, q.include_all, q.level, row, base) for row in rows]) + b"]", warnings
 

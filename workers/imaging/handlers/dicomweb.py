@@ -35,9 +35,11 @@ _BULK_MARKERS = (b'"BulkDataURI":"/dicom-web/', b'"BulkDataURI": "/dicom-web/')
 
 @registry.handles(QidoSearch)
 async def qido(q: QidoSearch, uow: UnitOfWork) -> QidoReply:
-    body, warnings = await qido_search(uow.conn, q, base_url=uow.settings.public_base_url)
-    patient_ids = uow.batch.get("qido_patients")
-    uow.audit_read(f"imaging.qido_{q.level.value}", "dicomweb", q.study_instance_uid, patient_ids or [],
+    patients: set[Any] = set()
+    body, warnings = await qido_search(uow.conn, q, base_url=uow.settings.public_base_url,
+                                       default_limit=uow.settings.qido_default_limit,
+                                       max_limit=uow.settings.qido_max_limit, patients=patients)
+    uow.audit_read(f"imaging.qido_{q.level.value}", "dicomweb", q.study_instance_uid, sorted(patients),
                    matches=len(q.matches))
     return QidoReply(warnings=[*q.warnings, *warnings], items=msgspec.Raw(body))
 
