@@ -369,3 +369,45 @@ async def test_client_gone_mid_upload_leaves_nothing(tech: dict[str, str], stack
     async with httpx.AsyncClient(base_url=stack.edge_url) as api:
         r = await api.get(f"{DW}/studies", params={"StudyInstanceUID": study.study_uid}, headers=tech)
         assert r.json() == []
+
+
+async def test_ohif_replay(api: httpx.AsyncClient, staff: dict[str, Person], tech: dict[str, str],
+                           stack: Stack) -> None:
+    """The requests OHIF v3 sends (imaging.md §7), as it sends them, with its CORS preflight."""
+    study = StudySpec(patient_name="Lê^Văn^Đức", study_date="20240315", accession="OHIF" + new_uid()[-6:])
+    files = list(series_files(study, 3))
+    assert (await stow(api, tech, files)).status_code == 200
+    ds = dcmread(io.BytesIO(files[0]))
+    phy = staff["physician"].headers
+    origin = "http://localhost:3000"
+    pre = await api.options(f"{DW}/studies", headers={"Origin": origin, "Access-Control-Request-Method": "GET",
+                                                       "Access-Control-Request-Headers": "authorization,accept"})
+    assert pre.status_code in (200, 204) and pre.headers["access-control-allow-origin"] == origin
+    listing = (f"{DW}/studies?limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C"
+               "00080090%2C00100030")
+    hdrs = {**phy, "Accept": "application/dicom+json", "Origin": origin}
+    r = await api.get(listing, headers=hdrs)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    assert "warning" in r.headers.get("access-control-expose-headers", "").lower()
+    assert r.headers["cross-origin-resource-policy"] == "cross-origin"
+    for query in (f"00100020=*{study.patient_id[2:6]}*", f"00100020={study.patient_id}",
+                  "PatientName=*L%C3%AA*", "PatientName=le*", f"AccessionNumber={study.accession}",
+                  "StudyDate=20240301-20240331", "ModalitiesInStudy=CT", f"StudyInstanceUID={study.study_uid}"):
+        r = await api.get(f"{listing}&{query}", headers=hdrs)
+        assert r.status_code == 200, (query, r.text)
+        assert study.study_uid in [d["0020000D"]["Value"][0] for d in r.json()], query
+    for include in ("0008103E%2C00080021", "00080021%2C00080031%2C0008103E%2C00200011"):
+        r = await api.get(f"{DW}/studies/{study.study_uid}/series?includefield={include}", headers=hdrs)
+        assert r.status_code == 200 and r.json()[0]["0020000E"]["Value"] == [ds.SeriesInstanceUID]
+        assert "0008103E" in r.json()[0]
+    r = await api.get(f"{DW}/studies/{study.study_uid}/series/{ds.SeriesInstanceUID}/metadata",
+                      headers={**hdrs, "Accept-Encoding": "gzip, deflate, br"})
+    assert r.status_code == 200 and len(r.json()) == 3
+    for accept in ("multipart/related; type=application/octet-stream; transfer-syntax=*",
+                   'multipart/related; type="application/octet-stream"; transfer-syntax=*'):
+        for data in files:
+            one = dcmread(io.BytesIO(data))
+            r = await api.get(f"{DW}/studies/{study.study_uid}/series/{one.SeriesInstanceUID}/instances/"
+                              f"{one.SOPInstanceUID}/frames/1", headers={**hdrs, "Accept": accept})
+            assert r.status_code == 200
+            assert parse_multipart(r.content, r.headers["content-type"])[0][1] == one.PixelData
