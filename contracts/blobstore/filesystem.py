@@ -120,8 +120,8 @@ class Spool:
         return b"".join(parts)
 
     async def finish(self, tail: bytes, publish_to: Path | None) -> str:
-        """Write `tail`, fsync (durable spools), close; then rename the file to `publish_to` (and fsync its
-        directory) when given. Returns the sha256 hex digest."""
+        """Write `tail`, fsync (durable spools), close; then rename the file to `publish_to` when given.
+        Returns the sha256 hex digest."""
         await self._wait(self._submit(self.finish_sync, tail, publish_to))
         return self.sha256
 
@@ -159,10 +159,12 @@ class Spool:
             self._fd = -1
             self.sha256 = self._hash.hexdigest()
             if publish_to is not None:
+                # The staging directory's entry is not fsync'd: nothing is acknowledged on a staged blob.
+                # Durability comes with promotion, whose hard link in objects/ is fsync'd (the data and
+                # inode were fsync'd just above) before the worker commits and the client hears "stored";
+                # a crash before that loses only bytes nobody was told about (the client retries).
                 os.replace(self.path, publish_to)
                 self.published = publish_to
-                if self._durable:
-                    fsync_dir(publish_to.parent)
 
     def abort_sync(self) -> None:
         with self._lock:
