@@ -69,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,21 +244,30 @@ class Client:
 
     async def call(self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
                    slot: int = 0, timeout: float = 60.0) -> Reply:
+        reused = slot in self.conns and not self.conns[slot].closed
         conn = await self._conn(slot)
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: dicomweb-bench\r\n"
         for name, value in {**self.headers, **(headers or {})}.items():
             head += f"{name}: {value}\r\n"
         if body or method in ("POST", "PUT"):
             head += f"Content-Length: {len(body)}\r\n"
+        data = [(head + "\r\n").encode(), body] if body else [(head + "\r\n").encode()]
         started = time.perf_counter()
-        future = conn.send([(head + "\r\n").encode(), body] if body else [(head + "\r\n").encode()])
         try:
-            status, reply_headers, data, done = await asyncio.wait_for(future, timeout)
+            status, reply_headers, answer, done = await asyncio.wait_for(conn.send(data), timeout)
+        except ConnectionError:
+            if not reused or method != "GET":
+                raise
+            # a keep-alive connection the server closed as the request left (Orthanc closes idle ones
+            # after 1 s): once more on a new connection, timed from there
+            conn = await self._conn(slot)
+            started = time.perf_counter()
+            status, reply_headers, answer, done = await asyncio.wait_for(conn.send(data), timeout)
         except (TimeoutError, asyncio.CancelledError):
             if conn.transport is not None:
                 conn.transport.close()
             raise
-        return Reply(status, reply_headers, data, (done - started) * 1000)
+        return Reply(status, reply_headers, answer, (done - started) * 1000)
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -341,9 +350,8 @@ def make_data(args: argparse.Namespace, tag: str) -> Data:
         per_series.append(b)
     _, warm = one_series(999, args.batch)
     if args.spread:  # round-robin over the series
-        batches = [b for group in zip(*per_series, strict=False) for b in group]
         longest = max(len(g) for g in per_series)
-        batches += [g[i] for g in per_series for i in range(longest) if len(g) > i and g[i] not in batches]
+        batches = [g[i] for i in range(longest) for g in per_series if i < len(g)]
     else:
         batches = [b for group in per_series for b in group]
     return Data(series, batches, warm[0], frame_sha, frame_bytes, round(sum(sizes) / len(sizes)),
@@ -486,10 +494,10 @@ async def ingest(server: Server, batches: list[Batch], concurrency: int, timeout
             else:
                 result.instances += len(batch.sops)
 
-    for slot in range(concurrency):  # connections opened before the clock starts
-        await server.client._conn(slot)
     await asyncio.to_thread(os.sync)
     await asyncio.sleep(2)
+    for slot in range(concurrency):  # connections opened before the clock starts
+        await server.client._conn(slot)
     disk_before = _disk_counters(device)
     before = meter.snapshot()
     started = time.perf_counter()
@@ -506,6 +514,7 @@ class Samples:
     ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     size: list[int] = field(default_factory=list)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU ms per request, per process group
 
     def add(self, reply: Reply | None, error: str | None) -> None:
         if reply is not None:
@@ -521,7 +530,7 @@ class Samples:
         return {"n": len(self.ms), "p50Ms": percentile(self.ms, 50), "p90Ms": percentile(self.ms, 90),
                 "p99Ms": percentile(self.ms, 99), "maxMs": max(self.ms, default=math.nan),
                 "meanBytes": sum(self.size) / len(self.size) if self.size else 0, "errors": self.errors[:10],
-                "errorCount": len(self.errors)}
+                "errorCount": len(self.errors), "cpuMsPerRequest": self.cpu_ms}
 
 
 Request = tuple[str, dict[str, str], Callable[[Reply], str | None]]  # path, headers, check
@@ -561,9 +570,13 @@ async def latency(servers: list[Server], data: Data, args: argparse.Namespace,
         for server in servers:
             cold[server.key].add(*await ask(server, request_of("metadata", server, data, series, "", extra)))
     results: dict[str, dict[str, Samples]] = {}
+    meter = CpuMeter({f"{s.key}:{name}": pids for s in servers for name, pids in s.groups.items()})
     for kind in KINDS:
         results[kind] = {s.key: Samples() for s in servers}
+        before: dict[str, Any] = {}
         for i in range(args.warmup + args.samples):
+            if i == args.warmup:
+                before = meter.snapshot()
             series = rng.choice(data.series)
             sop = rng.choice(series.sops)
             order = servers if i % 2 == 0 else servers[::-1]
@@ -573,6 +586,12 @@ async def latency(servers: list[Server], data: Data, args: argparse.Namespace,
                     results[kind][server.key].add(reply, error)
                 elif error is not None:
                     results[kind][server.key].errors.append(f"warm-up: {error}")
+        seconds = time.monotonic() - before["t"]
+        for name, pct in meter.usage(before, meter.snapshot()).items():  # % of a core → CPU ms per request
+            key, _, group = name.partition(":")
+            for server in servers:
+                if key == server.key or not group:
+                    results[kind][server.key].cpu_ms[group or key] = pct / 100 * seconds * 1000 / args.samples
     return results, cold
 
 
@@ -625,9 +644,13 @@ async def million(ours: Server, dsn: str, args: argparse.Namespace, rng: random.
         return None if n == 101 else f"study list: {n} studies, not 101"
 
     extra = {"Accept-Encoding": "gzip"} if args.gzip else {}
+
+    def by_pid() -> Request:
+        pid = rng.choice(pids)
+        return f"{ours.root}/studies?PatientID={pid}", {"Accept": DICOM_JSON, **extra}, pid_check(pid)
+
     cases: dict[str, Callable[[], Request]] = {
-        "PatientID": lambda: ((pid := rng.choice(pids)) and f"{ours.root}/studies?PatientID={pid}",
-                              {"Accept": DICOM_JSON, **extra}, pid_check(pid)),
+        "PatientID": by_pid,
         "OHIF study list": lambda: (f"{ours.root}/studies?{OHIF_LIST}", {"Accept": DICOM_JSON, **extra}, list_check),
     }
     edge: dict[str, Samples] = {}
@@ -676,6 +699,95 @@ async def million(ours: Server, dsn: str, args: argparse.Namespace, rng: random.
             "patientIds": len(pids), "studiesPerPatientId": {"p50": percentile(spread, 50),
                                                              "p90": percentile(spread, 90), "max": spread[-1]},
             "loadSeconds": load_seconds, "edge": edge, "sql": sql, "explain": explain}
+
+
+# ----------------------------------------------------------------------------------------- profile
+
+
+async def profile(ours: Server, data: Data, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    """py-spy (250 Hz, samples of the thread holding the GIL: Python's own CPU, not hashing or I/O in
+    threads that released it) on the edge and the imaging worker: during a STOW load of fresh instances
+    (as many as the measured load), then during `--profile-seconds` of each sequential request kind;
+    raw stacks in `--profile DIR`, the heaviest functions printed."""
+    out_dir: Path = args.profile
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("\nprofile: py-spy is missing")
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pids = {name: ours.groups[name]()[0] for name in ("edge", "imaging")}
+    fresh = make_data(args, "PRF" + secrets.token_hex(2).upper())
+    out: dict[str, Any] = {}
+    for phase in ("ingest", *KINDS):
+        spies = {name: await asyncio.create_subprocess_exec(
+            py_spy, "record", "--gil", "--format", "raw", "--rate", "250", "--pid", str(pid),
+            "--output", str(out_dir / f"{phase}-{name}.txt"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL) for name, pid in pids.items()}
+        await asyncio.sleep(1.0)
+        if phase == "ingest":
+            result = await ingest(ours, fresh.batches, args.concurrency, args.timeout, None)
+            units, what = result.instances, "instance"
+            note = f"{result.rate:.0f} instances/s, {len(result.errors)} errors"
+        else:
+            units, errors = 0, 0
+            deadline = time.monotonic() + args.profile_seconds
+            while time.monotonic() < deadline:
+                series = rng.choice(data.series)
+                _, error = await ask(ours, request_of(phase, ours, data, series, rng.choice(series.sops), {}))
+                units += 1
+                errors += error is not None
+            what = "request"
+            note = f"{units} requests, {errors} errors"
+        for proc in spies.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        for proc in spies.values():
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        print(f"\nprofile, {phase} ({note}; slowed down by the sampling); py-spy --gil 250 Hz:")
+        out[phase] = {}
+        for name in pids:
+            path = out_dir / f"{phase}-{name}.txt"
+            if not path.exists():
+                print(f"  {name}: no profile written")
+                continue
+            summary = summarize_stacks(path.read_text(errors="replace"), units, args.profile_top)
+            out[phase][name] = summary
+            print(f"  {name} ({path}): {summary['samples']} samples = {summary['msPerUnit']:.2f} ms holding the GIL "
+                  f"per {what}; by function, inclusive share (self share):")
+            for func, inclusive, own in summary["functions"]:
+                print(f"    {100 * inclusive:5.1f} % ({100 * own:4.1f} %)  {func}")
+    return out
+
+
+_GENERIC = ("<module>", "_run_code", "_run_module_as_main", "Runner.run ", "run_forever", "_run_once",
+            "Handle._run", "Thread.", "_worker (concurrent", "asyncio_run ", "Server.run ", "run (uvicorn",
+            "run_edge ", "run_worker ")
+
+
+def summarize_stacks(raw: str, units: int, top: int) -> dict[str, Any]:
+    """py-spy's raw format (`frame;frame;… count` per line), by function (line numbers dropped):
+    the inclusive share (each function once per stack) and the self share (the innermost frame), the
+    `top` functions by inclusive share, runtime scaffolding left out."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        funcs = [frame.rsplit(":", 1)[0] + ")" if frame.endswith(")") else frame for frame in stack.split(";")]
+        for func in set(funcs):
+            inclusive[func] = inclusive.get(func, 0) + n
+        own[funcs[-1]] = own.get(funcs[-1], 0) + n
+    ranked = [(f, n) for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1]) if not f.startswith(_GENERIC)]
+    return {"samples": total, "msPerUnit": 1000 * total / 250 / units if units else math.nan,
+            "functions": [(f, n / total, own.get(f, 0) / total) for f, n in ranked[:top]] if total else []}
 
 
 # ----------------------------------------------------------------------------------------- Orthanc
@@ -795,6 +907,15 @@ def print_latency(results: dict[str, dict[str, Samples]], cold: dict[str, Sample
             size = sum(s.size) / len(s.size) / 1024 if s.size else 0
             print(f"  {label:<32}{server.label:<10}{percentile(s.ms, 50):>9.2f}{percentile(s.ms, 90):>9.2f}"
                   f"{percentile(s.ms, 99):>9.2f}{max(s.ms, default=math.nan):>9.2f}{size:>8.0f}{len(s.errors):>8}")
+    print("  CPU ms per request (both servers' rounds together for the shared rows: generator = this client, "
+          "machine, rest):")
+    for kind in KINDS:
+        for server in servers:
+            cpu = results[kind][server.key].cpu_ms
+            own = [k for k in server.groups if k in cpu]
+            shared = [k for k in ("generator", "machine", "rest") if k in cpu]
+            print(f"    {kind:<9}{server.label:<9}" + ", ".join(f"{k} {cpu[k]:.2f}" for k in own)
+                  + ("; " + ", ".join(f"{k} {cpu[k]:.2f}" for k in shared) if server is servers[0] else ""))
     line = ", ".join(f"{s.label} p50 {percentile(cold[s.key].ms, 50):.1f} ms (max {max(cold[s.key].ms):.1f})"
                      for s in servers if cold[s.key].ms)
     print(f"  first series /metadata of each series (cold, not in the table): {line}")
@@ -908,6 +1029,8 @@ async def run(args: argparse.Namespace, ours: Server, orthanc: Orthanc | None, o
             a, b = lat[kind]["ours"], lat[kind]["orthanc"]
             print(f"  {KIND_LABELS[kind]:<36}{ratio(a.p(50), b.p(50)):>8.3f}   "
                   f"({ratio(a.p(99), b.p(99)):.3f}; {a.p(50):.2f} vs {b.p(50):.2f} ms)")
+    if args.profile:
+        results["profile"] = await profile(ours, data, args, rng)
     m = None
     if not args.skip_million:
         if orthanc is not None:
@@ -943,6 +1066,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-orthanc", action="store_true", help="measure our server alone")
     p.add_argument("--orthanc", default=ORTHANC_BIN, help=f"the Orthanc binary (default {ORTHANC_BIN})")
     p.add_argument("--orthanc-plugin", default=ORTHANC_PLUGIN, help=f"its DICOMweb plugin (default {ORTHANC_PLUGIN})")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="after the latency phase, py-spy the edge and the imaging worker during one more STOW load "
+                        "(fresh instances) and each kind of request; raw stacks to DIR")
+    p.add_argument("--profile-seconds", type=float, default=10, help="seconds per request kind when profiling")
+    p.add_argument("--profile-top", type=int, default=25, help="frames printed per profile (default 25)")
     p.add_argument("--timeout", type=float, default=180, help="seconds per STOW request before it counts as failed")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, nargs="?", const=ROOT / "bench" / "results" / "dicomweb.json",

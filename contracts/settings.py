@@ -103,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     imaging_max_instance_bytes: int = 512 * 1024 * 1024  # one part of an upload / STOW request → 413 beyond
     imaging_max_request_bytes: int = 4 * 1024 * 1024 * 1024  # a whole upload / STOW request → 413 beyond
     imaging_max_parts: int = 500  # parts per upload / STOW request
+    imaging_sop_conflict: str = "reject"  # reject | replace: other bytes under a stored SOP Instance UID
     imaging_stable_after: float = 60.0  # quiet period before imaging.study.stabilized
     imaging_stable_job_interval: float = 10.0  # mark_stable_studies timer
     imaging_staging_max_age: float = 3600.0  # sweep_staging deletes staged blobs older than this
@@ -166,6 +167,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("BLOB_STORE must be filesystem or cloudinary")
         if self.blob_store == "cloudinary" and not self.cloudinary_url:
             raise SettingsError("BLOB_STORE=cloudinary needs CLOUDINARY_URL")
+        if self.imaging_sop_conflict not in ("reject", "replace"):
+            raise SettingsError("IMAGING_SOP_CONFLICT must be reject or replace")
         if self.delivery_limit < 1:
             raise SettingsError("DELIVERY_LIMIT must be at least 1")
         _ = self.sqlalchemy_url

@@ -1,6 +1,7 @@
 """The whole stack with BLOB_STORE=cloudinary, against the local Cloudinary stand-in (the real SDK
 speaks Cloudinary's wire format to it; every signature is checked): STOW, retrieval byte-identical,
-frames, rendering, a failed part leaving nothing, deletion removing the study's folder."""
+frames, rendering, a failed part leaving nothing, deletion removing the study's folder. This stack also
+runs IMAGING_SOP_CONFLICT=replace."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def cloud_stack(standin: CloudinaryStandIn, tmp_path_factory: pytest.TempPathFac
     logs = tmp_path_factory.mktemp("cloud-logs")
     env = private.env(ROOT, logs, **standin.settings_env(), CLOUDINARY_FOLDER=FOLDER,
                       BLOB_DIR=str(tmp_path_factory.mktemp("cloud-spool")), ARGON2_TIME_COST="1",
-                      ARGON2_MEMORY_KIB="8192", SHUTDOWN_GRACE="5s")
+                      ARGON2_MEMORY_KIB="8192", SHUTDOWN_GRACE="5s", IMAGING_SOP_CONFLICT="replace")
     stack = Stack(env, ROOT)
     try:
         stack.boot()
@@ -105,3 +106,29 @@ async def test_signed_reads_only(cloud_api: tuple[httpx.AsyncClient, dict[str, s
         r = await raw.get(f"{standin.url}/{standin.cloud}/raw/authenticated/v1/{key}")
         assert r.status_code in (401, 403, 404)
         assert r.content != data
+
+
+async def test_replace_policy(cloud_api: tuple[httpx.AsyncClient, dict[str, str]],
+                              standin: CloudinaryStandIn) -> None:
+    from tests.dicom_factory import new_uid
+
+    api, admin = cloud_api
+    study, sop, series = StudySpec(), new_uid(), new_uid()
+    first = ct_instance(study, sop_uid=sop, series_uid=series, seed=1)
+    second = ct_instance(study, sop_uid=sop, series_uid=series, seed=2)
+    for data in (first, second):
+        body, ctype = multipart_related([data])
+        r = await api.post(f"{DW}/studies", content=body, headers={**admin, "Content-Type": ctype})
+        assert r.status_code == 200, r.text
+    assert assets(standin, f"studies/{study.study_uid}") == [hashlib.sha256(second).hexdigest()]
+    url = f"{DW}/studies/{study.study_uid}/series/{series}/instances/{sop}"
+    r = await api.get(url, headers={**admin, "Accept": "application/dicom"})
+    assert r.content == second
+    listed = (await api.get("/studies", params={"studyInstanceUid": study.study_uid}, headers=admin)).json()
+    assert listed["items"][0]["numberOfInstances"] == 1
+    r = await api.get(f"{url}/metadata", headers=admin)
+    assert r.status_code == 200 and len(r.json()) == 1
+    other_series = ct_instance(study, sop_uid=sop, series_uid=new_uid(), seed=3)
+    body, ctype = multipart_related([other_series])
+    r = await api.post(f"{DW}/studies", content=body, headers={**admin, "Content-Type": ctype})
+    assert r.status_code == 409  # a replacement stays in its series

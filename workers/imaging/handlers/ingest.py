@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from pydicom.uid import UID
-from sqlalchemy import Row, Text, cast, func, literal, select, update
+from sqlalchemy import Row, Text, cast, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -60,6 +60,8 @@ class Candidate:
     file_name: str
     study_id: UUID | None = None
     series_id: UUID | None = None
+    replaces: UUID | None = None  # IMAGING_SOP_CONFLICT=replace: the stored instance these bytes replace
+    old_blob: str | None = None
 
 
 def storage_class_supported(sop_class_uid: str) -> bool:
@@ -209,7 +211,7 @@ async def _check_existing(uow: UnitOfWork, unique: list[Candidate], results: lis
         return []
     rows = {r.sop_instance_uid: r for r in (await uow.conn.execute(
         select(instances.c.sop_instance_uid, instances.c.sha256, instances.c.id, instances.c.series_id,
-               instances.c.study_id, series.c.series_instance_uid)
+               instances.c.study_id, instances.c.blob_key, series.c.series_instance_uid)
         .join(series, series.c.id == instances.c.series_id)
         .where(instances.c.sop_instance_uid.in_([c.parsed.sop_instance_uid for c in unique]))
     )).all()}
@@ -220,6 +222,11 @@ async def _check_existing(uow: UnitOfWork, unique: list[Candidate], results: lis
             fresh.append(c)
         elif row.sha256 == c.sha256:
             results[c.index] = _already(c, row)
+        elif (uow.settings.imaging_sop_conflict == "replace" and c.replaces is None
+              and row.series_instance_uid == c.parsed.series_instance_uid):
+            # Replaced in place if its study still takes instances (check 8 below: `scanned`).
+            c.replaces, c.old_blob = row.id, row.blob_key
+            fresh.append(c)
         else:
             fail(c.index, "sop_instance_conflict",
                  "this SOP Instance UID is stored with other bytes", c.parsed)
@@ -407,6 +414,11 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
             "specific_character_set": p.specific_character_set,
             "stored_at": uow.now, "stored_by": uow.actor_id,
         })
+    replaced = [c for c, _ in ready if c.replaces is not None]
+    if replaced:
+        await uow.conn.execute(delete(instances).where(instances.c.id.in_([c.replaces for c in replaced])))
+        olds = {c.old_blob for c in replaced if c.old_blob}
+        uow.batch["old_blobs"] = olds
     inserted = {r.sop_instance_uid: r.id for r in (await uow.conn.execute(
         pg_insert(instances).values(rows).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
         .returning(instances.c.sop_instance_uid, instances.c.id)
@@ -423,8 +435,15 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
             file_name=c.file_name, status=InstanceOutcome.STORED, sop_class_uid=c.parsed.sop_class_uid,
             sop_instance_uid=c.parsed.sop_instance_uid, study_instance_uid=c.parsed.study_instance_uid,
             series_instance_uid=c.parsed.series_instance_uid, study_id=c.study_id, series_id=c.series_id,
-            instance_id=iid)
+            instance_id=iid, reason="replaced the stored bytes" if c.replaces else None)
         stored.append(c)
+    olds: set[str] = uow.batch.get("old_blobs", set())
+    if olds:  # content-addressed: keep an old blob another instance (or the new bytes) still uses
+        still = set((await uow.conn.execute(
+            select(instances.c.blob_key).where(instances.c.blob_key.in_(olds))
+        )).scalars())
+        gone = sorted(olds - still)
+        uow.after_commit(lambda: _discard_final(blobs, gone))
     return stored
 
 
@@ -439,7 +458,7 @@ async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: Ingest
     per_study: dict[UUID, list[Candidate]] = defaultdict(list)
     for c in stored:
         assert c.series_id is not None and c.study_id is not None
-        per_series[c.series_id] += 1
+        per_series[c.series_id] += 0 if c.replaces else 1  # a replacement changes the version, not the count
         per_study[c.study_id].append(c)
     for series_id in sorted(per_series):
         await uow.conn.execute(
@@ -456,7 +475,7 @@ async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: Ingest
         )
         row = (await uow.conn.execute(
             update(studies).where(studies.c.id == study_id)
-            .values(number_of_instances=studies.c.number_of_instances + len(group),
+            .values(number_of_instances=studies.c.number_of_instances + sum(1 for c in group if not c.replaces),
                     number_of_series=select(func.count()).select_from(series)
                     .where(series.c.study_id == study_id).scalar_subquery(),
                     modalities_in_study=modalities, last_instance_at=uow.now, stable_at=None,
