@@ -32,6 +32,8 @@ test: install services
 lint: install
 	@$(BIN)/ruff check .
 
+# The round-trip benchmark; the others run by hand after the same set-up (README, Benchmark), e.g.
+# `$(BIN)/python bench/dicomweb.py` (ours next to Orthanc, which bench-tools.sh installs).
 bench: install services
 	@.ci/bench-tools.sh
 	@$(BIN)/python bench/roundtrip.py

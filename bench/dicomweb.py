@@ -45,6 +45,10 @@ each, tests/dicom_factory.py `ct_instance`), made once; the very same bytes go t
    as the worker runs it) and its EXPLAIN (ANALYZE, BUFFERS), custom and generic plan.
    `--skip-million` leaves it out.
 
+CPU per process group is shown for each load and, per request, for each latency kind. `--profile DIR`
+adds py-spy profiles (GIL-holding samples) of the edge and the imaging worker during one more STOW load
+and `--profile-seconds` of each request kind, summarised by function.
+
 Targets (issue 5, this 2-core machine): ingest ≥ 1.5× Orthanc's instances/s (every file fsync'd before
 it is acknowledged); QIDO p50 ≤ 0.5× Orthanc's, and p99 ≤ 20 ms with 1M instances in the index;
 series metadata p50 ≤ 0.3× Orthanc's; frames p50 no slower than Orthanc's (≤ 1×).
@@ -879,18 +883,22 @@ def print_ingest(results: list[IngestResult], servers: dict[str, Server], data: 
           f"each) in {n} requests of {args.batch}, {args.concurrency} in flight, "
           f"{'round-robin over the series' if args.spread else 'in series order'}, same client")
     print(f"  {'server':<10}{'inst/s':>9}{'MB/s':>8}{'wall s':>8}{'req p50 ms':>12}{'req p99 ms':>12}"
-          f"{'disk MB':>9}{'flushes':>9}{'errors':>8}")
+          f"{'disk MB':>9}{'flushes/inst':>14}{'errors':>8}")
     for r in results:
         mb = r.instances * data.instance_bytes / 1e6
         print(f"  {servers[r.server].label:<10}{r.rate:>9.0f}{mb / r.seconds:>8.0f}{r.seconds:>8.2f}"
               f"{percentile(r.latencies_ms, 50):>12.1f}{percentile(r.latencies_ms, 99):>12.1f}"
-              f"{r.disk_written / 1e6:>9.0f}{r.disk_flushes:>9}{len(r.errors):>8}")
+              f"{r.disk_written / 1e6:>9.0f}{r.disk_flushes / max(r.instances, 1):>14.2f}{len(r.errors):>8}")
     for r in results:
-        print(f"    {servers[r.server].label:<9}{cpu_line(r.cpu, list(servers[r.server].groups))}")
+        order = list(servers[r.server].groups)
+        print(f"    {servers[r.server].label:<9}{cpu_line(r.cpu, order)}")
+        per = {k: v / 100 * r.seconds * 1000 / max(r.instances, 1) for k, v in r.cpu.items()}
+        print(f"    {'':<9}CPU ms per instance: " + ", ".join(f"{k} {per[k]:.2f}" for k in
+                                                             ("generator", *order, "rest", "machine") if k in per))
         for error in r.errors[:5]:
             print(f"      error: {error}")
-    print("  (disk MB / flushes: writes and flush requests of the device during the load, /proc/diskstats; "
-          "the generator's CPU is this client)")
+    print("  (disk MB, flushes/inst: writes and flush requests of the device during the load, /proc/diskstats; "
+          "generator = this client)")
 
 
 def print_latency(results: dict[str, dict[str, Samples]], cold: dict[str, Samples], servers: list[Server],

@@ -270,6 +270,7 @@ class QidoMatch(Struct):
 class QidoReply(View):
     warnings: list[str]
     items: msgspec.Raw  # a JSON array of DICOM JSON objects, passed through by the edge
+    patient_ids: list[UUID] = msgspec.field(default_factory=list)  # matched patients in the answer (audit)
 
 
 @query("imaging.qido", result=QidoReply, summary="QIDO-RS search at one level")
@@ -302,6 +303,8 @@ class InstanceLocation(View):
     pixel_index: dict[str, Any] | None
     instance_number: int | None
     series_number: int | None
+    study_id: UUID | None = None  # whose data this is, for the audit of reads the edge answers from its cache
+    patient_id: UUID | None = None
 
 
 class Locations(View):
@@ -322,6 +325,8 @@ class MetadataRef(View):
     cache_key: str  # Redis key holding the gzip'd JSON array
     etag: str
     count: int
+    study_id: UUID | None = None
+    patient_id: UUID | None = None
 
 
 @query("imaging.get_metadata", result=MetadataRef,

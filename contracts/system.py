@@ -59,6 +59,7 @@ class AuditRecord(Event):
     user_agent: str | None = None
     details: dict[str, Any] = msgspec.field(default_factory=dict)
     coalesce: bool = False
+    repeats: int = 1  # a coalesced read counted this many times at its source (an edge's read cache)
 
 
 @event("users.audit.recorded", relay=False)
@@ -120,13 +121,17 @@ class AuditEventView(View):
     details: dict[str, Any]
 
 
-@command("system.record_audit_event", summary="Record a refusal seen by the edge (401/403)", audited=False)
+@command("system.record_audit_event", audited=False,
+         summary="Record what the edge saw itself: a refusal (401/403), or reads it answered from its own cache")
 class RecordAuditEvent(Struct):
     action: Annotated[str, Meta(max_length=200)]
     outcome: AuditOutcome
     target_type: Annotated[str, Meta(max_length=100)] | None = None
     target_id: Annotated[str, Meta(max_length=200)] | None = None
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+    patient_ids: Annotated[list[UUID], Meta(max_length=100)] = msgspec.field(default_factory=list)
+    coalesce: bool = False  # a read of patient data: merged with the same user's, patient's and action's over 5 min
+    repeats: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
 
 
 @query("system.list_audit_events", result=Page[AuditEventView], summary="The audit trail (ADM)")

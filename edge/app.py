@@ -35,6 +35,7 @@ from edge.bus import RefusalAuditor
 from edge.dicomweb import qido as dicomweb_qido
 from edge.dicomweb import stow as dicomweb_stow
 from edge.dicomweb import wado as dicomweb_wado
+from edge.dicomweb.cache import DicomWebCache
 from edge.idempotency import IdempotencyMiddleware
 from edge.problems import EXCEPTION_HANDLERS
 from edge.routes import (
@@ -147,11 +148,14 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     state.rate_window = RateWindow(settings.api_rate_limit_per_minute)
     state.dicomweb_rate_window = RateWindow(settings.dicomweb_rate_limit_per_minute)
     state.blobs = make_blob_store(settings)
+    state.dicomweb = DicomWebCache(state.redis, state.bus)
     await state.bus.start()
+    state.dicomweb.auditor.start()
     log.info("edge ready", extra={"fields": {"port": settings.edge_port}})
     try:
         yield
     finally:
+        await state.dicomweb.auditor.stop()
         await state.blobs.close()
         await close_auth(state)
 

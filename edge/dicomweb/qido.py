@@ -3,6 +3,8 @@ the worker's JSON array is passed through (gzip'd when accepted) with its `Warni
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import msgspec
 from litestar import Request, Response, get
 
@@ -10,6 +12,7 @@ from contracts.errors import DomainError
 from contracts.imaging import QidoLevel, QidoReply, QidoSearch
 from edge.access import ADM, PHY, RAD, TECH, dicomweb_roles
 from edge.auth import actor_of
+from edge.dicomweb.cache import DicomWebCache
 from edge.dicomweb.common import dicom_json, query_pairs, require_json, warning_header
 from edge.dicomweb.qido_params import parse_qido
 from edge.dicomweb.wado import check_uid
@@ -18,9 +21,10 @@ TAGS = ["dicomweb"]
 READERS = dicomweb_roles(PHY, RAD, TECH, ADM)
 
 
-class _Reply(msgspec.Struct):
+class _Reply(msgspec.Struct, rename="camel"):
     warnings: list[str]
     items: msgspec.Raw
+    patient_ids: list[UUID] = msgspec.field(default_factory=list)
 
 
 _reply = msgspec.json.Decoder(_Reply)
@@ -29,15 +33,25 @@ _reply = msgspec.json.Decoder(_Reply)
 async def _search(request: Request, level: QidoLevel, study: str | None = None,
                   series: str | None = None) -> Response[bytes]:
     require_json(request)
-    q: QidoSearch = parse_qido(level, query_pairs(request),
+    pairs = query_pairs(request)
+    q: QidoSearch = parse_qido(level, pairs,
                                study_instance_uid=check_uid(study, "study") if study else None,
                                series_instance_uid=check_uid(series, "series") if series else None,
                                settings=request.app.state.settings)
-    reply = await request.app.state.bus.call_raw(QidoSearch.OPERATION, q, actor_of(request.scope),
-                                                 correlation_id=request.scope.get("correlation_id"))
-    if reply.error is not None:
-        raise DomainError.from_body(reply.error)
-    out = _reply.decode(reply.ok)
+    # The same search under the same index generation has the same answer (edge.dicomweb.cache).
+    cache: DicomWebCache = request.app.state.dicomweb
+    key = ("qido", await cache.generation(), level, study, series, tuple(pairs))
+    out: _Reply | None = cache.answers.get(key)
+    if out is not None:
+        cache.auditor.read(actor_of(request.scope), f"imaging.qido_{level.value}", "dicomweb", study,
+                           tuple(out.patient_ids))
+    else:
+        reply = await request.app.state.bus.call_raw(QidoSearch.OPERATION, q, actor_of(request.scope),
+                                                     correlation_id=request.scope.get("correlation_id"))
+        if reply.error is not None:
+            raise DomainError.from_body(reply.error)
+        out = _reply.decode(reply.ok)
+        cache.answers.put(key, out)
     return dicom_json(request, bytes(out.items), headers=warning_header(request, out.warnings))
 
 

@@ -22,6 +22,7 @@ from contracts.imaging import GetMetadata, InstanceLocation, LocateInstances, Lo
 from contracts.pixel_index import PixelIndex
 from edge.access import ADM, PHY, RAD, TECH, dicomweb_roles
 from edge.auth import actor_of
+from edge.dicomweb.cache import DicomWebCache, Lru
 from edge.dicomweb.common import (
     EXPLICIT_BE,
     EXPLICIT_LE,
@@ -56,12 +57,32 @@ async def _ask(request: Request, payload: Any, result: Any) -> Any:
 
 async def locate(request: Request, study: str, series: str | None = None, sop: str | None = None, *,
                  purpose: str, representative: bool = False) -> list[InstanceLocation]:
+    """Where the bytes are. One instance's location is kept by the edge (edge.dicomweb.cache): a
+    viewer's frame, rendered and thumbnail requests then skip the broker; those reads are audited by
+    the edge, the others by the imaging worker."""
     q = LocateInstances(study_instance_uid=check_uid(study, "study"),
                         series_instance_uid=check_uid(series, "series") if series else None,
                         sop_instance_uid=check_uid(sop, "instance") if sop else None,
                         purpose=purpose, representative=representative)
+    cache: DicomWebCache = request.app.state.dicomweb
+    single = sop is not None and series is not None
+    if single:
+        loc = cache.locations.get((study, series, sop))
+        if loc is not None:
+            cache.auditor.read(actor_of(request.scope), f"imaging.wado_{purpose}", "study",
+                               str(loc.study_id) if loc.study_id else None,
+                               (loc.patient_id,) if loc.patient_id else ())
+            return [loc]
     found: Locations = await _ask(request, q, Locations)
+    if single and len(found.items) == 1:
+        cache.locations.put((study, series, sop), found.items[0])
     return found.items
+
+
+def forget(request: Request, loc: InstanceLocation) -> None:
+    """The instance's bytes are gone (deleted, or replaced): ask the worker next time."""
+    request.app.state.dicomweb.locations.drop((loc.study_instance_uid, loc.series_instance_uid,
+                                               loc.sop_instance_uid))
 
 
 # ---------------------------------------------------------------- retrieve
@@ -170,13 +191,23 @@ async def _metadata(request: Request, study: str, series: str | None, sop: str |
                     series_instance_uid=check_uid(series, "series") if series else None,
                     sop_instance_uid=check_uid(sop, "instance") if sop else None)
     redis = request.app.state.redis
-    for _ in range(2):
-        ref: MetadataRef = await _ask(request, q, MetadataRef)
-        body = await redis.hget(ref.cache_key, "gzip")
-        if body is not None:
-            break
+    cache: DicomWebCache = request.app.state.dicomweb
+    key = ("metadata", await cache.generation(), study, series, sop)
+    ref: MetadataRef | None = cache.answers.get(key)
+    body = await redis.hget(ref.cache_key, "gzip") if ref is not None else None
+    if ref is not None and body is not None:
+        cache.auditor.read(actor_of(request.scope), "imaging.wado_metadata", "study",
+                           str(ref.study_id) if ref.study_id else None, (ref.patient_id,) if ref.patient_id else ())
     else:
-        raise NotFound("the metadata could not be built", code="metadata_unavailable")
+        for _ in range(2):
+            ref = await _ask(request, q, MetadataRef)
+            body = await redis.hget(ref.cache_key, "gzip")
+            if body is not None:
+                cache.answers.put(key, ref)
+                break
+        else:
+            raise NotFound("the metadata could not be built", code="metadata_unavailable")
+    assert ref is not None and body is not None
     headers = {"ETag": ref.etag, "Vary": "Accept-Encoding", "Cache-Control": "private, no-cache"}
     if request.headers.get("if-none-match") == ref.etag:
         return Response(b"", status_code=304, headers=headers)
@@ -204,6 +235,19 @@ async def instance_metadata(request: Request, study: str, series: str, instance:
 
 
 # ---------------------------------------------------------------- frames
+
+
+_INDEXES: Lru[PixelIndex] = Lru(100_000, 3600.0)
+
+
+def _pixel_index(loc: InstanceLocation) -> PixelIndex:
+    """The parsed pixel index of an instance (its JSON parsed once per instance, not per frame)."""
+    key = (loc.blob_key, loc.sop_instance_uid)
+    index = _INDEXES.get(key)
+    if index is None:
+        index = PixelIndex.from_json(loc.pixel_index or {})
+        _INDEXES.put(key, index)
+    return index
 
 
 def parse_frame_list(raw: str) -> list[int]:
@@ -270,7 +314,10 @@ async def _frame_bytes(blobs: BlobStore, loc: InstanceLocation, index: PixelInde
                 raise NotAcceptable(f"no decoder for {loc.transfer_syntax_uid}",
                                     code="transfer_syntax_unavailable") from exc
     ranges = index.frame_ranges(number)
-    chunks = [await blobs.read_range(loc.blob_key, start, length) for start, length in ranges]
+    try:
+        chunks = [await blobs.read_range(loc.blob_key, start, length) for start, length in ranges]
+    except BlobNotFound as exc:
+        raise NotFound("the instance's bytes are gone", code="instance_not_found") from exc
     data = b"".join(chunks)
     if index.big_endian:
         data = _swap(data, loc.bits_allocated)
@@ -285,7 +332,7 @@ async def retrieve_frames(request: Request, study: str, series: str, instance: s
     loc = (await locate(request, study, series, instance, purpose="frames"))[0]
     if loc.pixel_index is None:
         raise NotFound("this instance has no pixel data frames", code="no_pixel_data")
-    index = PixelIndex.from_json(loc.pixel_index)
+    index = _pixel_index(loc)
     for n in numbers:
         if n > index.number_of_frames:
             raise NotFound(f"frame {n} is out of range (the instance has {index.number_of_frames})",
@@ -295,9 +342,21 @@ async def retrieve_frames(request: Request, study: str, series: str, instance: s
         decode = True  # packed bits across frames: cut after decoding
     blobs = blob_store(request)
     boundary = new_boundary()
+    part_type = media.split(";")[0]
+    content_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    try:
+        first_data = await _frame_bytes(blobs, loc, index, numbers[0], decode)
+    except NotFound:
+        forget(request, loc)
+        raise
+    if len(numbers) == 1:  # what viewers ask: one frame, one buffer, a Content-Length
+        head = f"--{boundary}\r\nContent-Type: {media}\r\nContent-Length: {len(first_data)}\r\n\r\n".encode()
+        return Response(b"".join((head, first_data, f"\r\n--{boundary}--\r\n".encode())),
+                        media_type=content_type)
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        for n in numbers:
+        yield {"Content-Type": media, "Content-Length": str(len(first_data))}, _one(first_data)
+        for n in numbers[1:]:
             data = await _frame_bytes(blobs, loc, index, n, decode)
             yield {"Content-Type": media, "Content-Length": str(len(data))}, _one(data)
 
@@ -308,9 +367,7 @@ async def retrieve_frames(request: Request, study: str, series: str, instance: s
         async for item in parts_iter:
             yield item
 
-    part_type = media.split(";")[0]
-    return Stream(multipart_related(all_parts(), boundary),
-                  media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    return Stream(multipart_related(all_parts(), boundary), media_type=content_type)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

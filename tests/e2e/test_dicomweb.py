@@ -411,3 +411,41 @@ async def test_ohif_replay(api: httpx.AsyncClient, staff: dict[str, Person], tec
                               f"{one.SOPInstanceUID}/frames/1", headers={**hdrs, "Accept": accept})
             assert r.status_code == 200
             assert parse_multipart(r.content, r.headers["content-type"])[0][1] == one.PixelData
+
+
+async def test_edge_caches_stay_true_and_audited(api: httpx.AsyncClient, tech: dict[str, str],
+                                                 staff: dict[str, Person], admin: dict[str, str]) -> None:
+    """Answers the edge keeps (instance locations, QIDO bodies, metadata references) are never
+    stale after a change, and a read answered from them is audited like any other."""
+    r = await api.post("/patients?allowDuplicate=true", json={"firstName": "Cache", "lastName": "Reader",
+                       "dateOfBirth": "1970-01-01", "gender": "male"}, headers=staff["reception_staff"].headers)
+    patient = r.json()
+    study = StudySpec(patient_id=patient["mrn"])
+    data = ct_instance(study)
+    assert (await stow(api, tech, [data])).status_code == 200
+    ds = dcmread(io.BytesIO(data))
+    frame = (f"{DW}/studies/{study.study_uid}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+             "/frames/1")
+    assert (await api.get(frame, headers=tech)).status_code == 200  # the technician's read fills the cache
+    rad = staff["radiologist"]
+    assert (await api.get(frame, headers=rad.headers)).status_code == 200  # the radiologist's is a cache hit
+
+    async def audited() -> bool:
+        r = await api.get("/audit-events", params={"patientId": patient["id"], "action": "imaging.wado_frames",
+                                                   "actorId": rad.id}, headers=admin)
+        return r.status_code == 200 and r.json()["total"] >= 1
+
+    assert await eventually(audited)
+    qido = f"{DW}/studies?PatientID={patient['mrn']}"
+    assert len((await api.get(qido, headers=tech)).json()) == 1
+    assert len((await api.get(qido, headers=tech)).json()) == 1
+    second = StudySpec(patient_id=patient["mrn"])
+    assert (await stow(api, tech, [ct_instance(second)])).status_code == 200
+    assert len((await api.get(qido, headers=tech)).json()) == 2  # a new generation: not the cached answer
+    study_id = (await api.get("/studies", params={"studyInstanceUid": study.study_uid}, headers=tech)
+                ).json()["items"][0]["id"]
+    r = await api.request("DELETE", f"/studies/{study_id}", json={"reason": "cache test"}, headers=admin)
+    assert r.status_code == 204
+    assert (await api.get(frame, headers=rad.headers)).status_code == 404  # the cached location's bytes are gone
+    assert (await api.get(frame, headers=rad.headers)).status_code == 404
+    assert len((await api.get(qido, headers=tech)).json()) == 1

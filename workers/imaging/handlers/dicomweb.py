@@ -30,6 +30,12 @@ from workers.runtime.unit_of_work import UnitOfWork
 
 METADATA_TTL = 3600  # seconds a built metadata document stays in Redis after its last use
 METADATA_PREFIX = "imaging:metadata:"
+GENERATION_KEY = "imaging:index:generation"  # bumped after every commit that changes the index (edge caches)
+
+
+async def bump_generation(uow: UnitOfWork) -> None:
+    """After the commit: the edges' cached QIDO answers and metadata references are stale now."""
+    await uow.services.redis.incr(GENERATION_KEY)
 _BULK_MARKERS = (b'"BulkDataURI":"/dicom-web/', b'"BulkDataURI": "/dicom-web/')
 
 
@@ -41,7 +47,7 @@ async def qido(q: QidoSearch, uow: UnitOfWork) -> QidoReply:
                                        max_limit=uow.settings.qido_max_limit, patients=patients)
     uow.audit_read(f"imaging.qido_{q.level.value}", "dicomweb", q.study_instance_uid, sorted(patients),
                    matches=len(q.matches))
-    return QidoReply(warnings=[*q.warnings, *warnings], items=msgspec.Raw(body))
+    return QidoReply(warnings=[*q.warnings, *warnings], items=msgspec.Raw(body), patient_ids=sorted(patients))
 
 
 def _scope(stmt: Any, q: LocateInstances | GetMetadata) -> Any:
@@ -87,7 +93,8 @@ async def locate_instances(q: LocateInstances, uow: UnitOfWork) -> Locations:
         size_bytes=r.size_bytes, transfer_syntax_uid=r.transfer_syntax_uid, number_of_frames=r.number_of_frames,
         rows=r.rows, columns=r.columns, bits_allocated=r.bits_allocated,
         photometric_interpretation=r.photometric_interpretation, pixel_index=r.pixel_index,
-        instance_number=r.instance_number, series_number=r.series_number,
+        instance_number=r.instance_number, series_number=r.series_number, study_id=r.study_id,
+        patient_id=r.patient_id,
     ) for r in rows])
 
 
@@ -123,7 +130,8 @@ async def get_metadata(q: GetMetadata, uow: UnitOfWork) -> MetadataRef:
     count = await redis.hget(key, "count")
     if count is not None:
         await redis.expire(key, METADATA_TTL)
-        return MetadataRef(cache_key=key, etag=f'"{version}"', count=int(count))
+        return MetadataRef(cache_key=key, etag=f'"{version}"', count=int(count), study_id=head.study_id,
+                           patient_id=head.patient_id)
     docs = (await uow.conn.execute(
         select(instances.c.metadata).join(series, series.c.id == instances.c.series_id).where(where)
         .order_by(series.c.series_number.asc().nulls_last(), series.c.id,
@@ -134,7 +142,8 @@ async def get_metadata(q: GetMetadata, uow: UnitOfWork) -> MetadataRef:
         pipe.hset(key, mapping={"count": len(docs), "gzip": gzip_body(body)})
         pipe.expire(key, METADATA_TTL)
         await pipe.execute()
-    return MetadataRef(cache_key=key, etag=f'"{version}"', count=len(docs))
+    return MetadataRef(cache_key=key, etag=f'"{version}"', count=len(docs), study_id=head.study_id,
+                       patient_id=head.patient_id)
 
 
 def build_metadata(docs: list[str], base_url: str) -> bytes:

@@ -40,6 +40,7 @@ from contracts.imaging import InstanceRejected as InstanceRejectedEvent
 from contracts.patients import FindByMrn, PatientRef
 from workers.imaging.dicom_file import InstanceRejected, ParsedInstance, parse_instance
 from workers.imaging.handlers import registry
+from workers.imaging.handlers.dicomweb import bump_generation
 from workers.imaging.tables import instances, series, studies
 from workers.imaging.views import study_event
 from workers.runtime.unit_of_work import UnitOfWork
@@ -47,6 +48,12 @@ from workers.runtime.unit_of_work import UnitOfWork
 log = logging.getLogger("imaging.ingest")
 
 MRN_MAX = 20
+# One statement object, executed with a list of rows ("insertmanyvalues"): compiled once and cached,
+# not a new multi-row VALUES statement to compile for every request.
+_INSERT_INSTANCES = (
+    pg_insert(instances).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(instances.c.sop_instance_uid, instances.c.id)
+)
 MAX_EVENT_UIDS = 1000
 
 
@@ -161,6 +168,8 @@ async def ingest_instances(cmd: IngestInstances, uow: UnitOfWork) -> IngestResul
     # 9: promote, then index.
     stored = await _promote_and_insert(uow, blobs, fresh, results, cmd, fail)
     await _update_counters(uow, stored, cmd)
+    if stored:
+        uow.after_commit(lambda: bump_generation(uow))
 
     # Duplicates resolved against instances stored in this same request.
     for i, r in enumerate(results):
@@ -419,10 +428,7 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
         await uow.conn.execute(delete(instances).where(instances.c.id.in_([c.replaces for c in replaced])))
         olds = {c.old_blob for c in replaced if c.old_blob}
         uow.batch["old_blobs"] = olds
-    inserted = {r.sop_instance_uid: r.id for r in (await uow.conn.execute(
-        pg_insert(instances).values(rows).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        .returning(instances.c.sop_instance_uid, instances.c.id)
-    )).all()}
+    inserted = {r.sop_instance_uid: r.id for r in (await uow.conn.execute(_INSERT_INSTANCES, rows)).all()}
     stored: list[Candidate] = []
     lost = [c for c, _ in ready if c.parsed.sop_instance_uid not in inserted]
     if lost:  # stored concurrently by another request since the check

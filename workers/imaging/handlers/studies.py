@@ -34,6 +34,7 @@ from contracts.imaging import (
 )
 from workers.imaging.dicom_file import name_key
 from workers.imaging.handlers import registry
+from workers.imaging.handlers.dicomweb import bump_generation
 from workers.imaging.tables import instances, series, studies
 from workers.imaging.views import instance_view, series_view, study_event, study_view
 from workers.runtime.lists import fetch_page, like_pattern
@@ -211,5 +212,6 @@ async def delete_study(cmd: DeleteStudy, uow: UnitOfWork) -> None:
         await asyncio.gather(*(blobs.delete(k) for k in sorted(keys)), return_exceptions=True)
 
     uow.after_commit(remove)
+    uow.after_commit(lambda: bump_generation(uow))
     uow.emit(study_event(StudyDeleted, row, status=StudyStatus(row.status), reason=cmd.reason))
 

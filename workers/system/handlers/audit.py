@@ -35,7 +35,8 @@ def _coalesce_key(ev: AuditRecord) -> str:
 def _row(uow: UnitOfWork, ev: AuditRecord, coalesce_key: str | None) -> dict[str, Any]:
     return {
         "id": uuid7(), "message_id": uow.envelope.message_id, "occurred_at": ev.occurred_at,
-        "last_occurred_at": ev.occurred_at, "repeat_count": 1, "actor_id": ev.actor_id, "actor_role": ev.actor_role,
+        "last_occurred_at": ev.occurred_at, "repeat_count": max(1, ev.repeats), "actor_id": ev.actor_id,
+        "actor_role": ev.actor_role,
         "actor_system": ev.actor_system, "session_id": ev.session_id, "action": ev.action,
         "target_type": ev.target_type, "target_id": ev.target_id, "patient_ids": list(ev.patient_ids)[:100],
         "outcome": ev.outcome.value, "ip": ev.ip, "user_agent": (ev.user_agent or "")[:500] or None,
@@ -80,7 +81,7 @@ async def store_audit_event(ev: AuditRecord, uow: UnitOfWork) -> None:
         return
     await uow.conn.execute(
         update(audit_events).where(audit_events.c.id == first)
-        .values(repeat_count=audit_events.c.repeat_count + 1,
+        .values(repeat_count=audit_events.c.repeat_count + max(1, ev.repeats),
                 last_occurred_at=func.greatest(audit_events.c.last_occurred_at, ev.occurred_at))
     )
 
@@ -89,7 +90,12 @@ async def store_audit_event(ev: AuditRecord, uow: UnitOfWork) -> None:
 async def record_audit_event(cmd: RecordAuditEvent, uow: UnitOfWork) -> None:
     """A refusal the edge saw (401/403): the actor and client facts come from the envelope."""
     record = uow.audit_record(cmd.action, cmd.outcome,
-                              AuditTarget(cmd.target_type, cmd.target_id, [], dict(cmd.details)))
+                              AuditTarget(cmd.target_type, cmd.target_id, list(cmd.patient_ids), dict(cmd.details)),
+                              coalesce=cmd.coalesce)
+    record.repeats = cmd.repeats  # type: ignore[attr-defined]
+    if cmd.coalesce:
+        await store_audit_event(record, uow)  # type: ignore[arg-type]
+        return None
     await _insert(uow, record, None)  # type: ignore[arg-type]
     return None
 
