@@ -73,9 +73,21 @@ async def locate(request: Request, study: str, series: str | None = None, sop: s
                                str(loc.study_id) if loc.study_id else None,
                                (loc.patient_id,) if loc.patient_id else ())
             return [loc]
-    found: Locations = await _ask(request, q, Locations)
-    if single and len(found.items) == 1:
-        cache.locations.put((study, series, sop), found.items[0])
+    if single:
+        # A viewer fetches every instance of a series in turn (frames/1 of each): one question for the
+        # whole series fills the cache for all of them.
+        whole = LocateInstances(study_instance_uid=q.study_instance_uid, series_instance_uid=q.series_instance_uid,
+                                purpose=purpose)
+        found: Locations = await _ask(request, whole, Locations)
+        wanted = None
+        for item in found.items:
+            cache.locations.put((study, series, item.sop_instance_uid), item)
+            if item.sop_instance_uid == sop:
+                wanted = item
+        if wanted is None:
+            raise NotFound("no such instance", code="instance_not_found")
+        return [wanted]
+    found = await _ask(request, q, Locations)
     return found.items
 
 
