@@ -103,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     imaging_max_instance_bytes: int = 512 * 1024 * 1024  # one part of an upload / STOW request → 413 beyond
     imaging_max_request_bytes: int = 4 * 1024 * 1024 * 1024  # a whole upload / STOW request → 413 beyond
     imaging_max_parts: int = 500  # parts per upload / STOW request
+    imaging_parse_processes: int = 2  # processes parsing DICOM headers for each imaging worker (0: a thread)
     imaging_sop_conflict: str = "reject"  # reject | replace: other bytes under a stored SOP Instance UID
     imaging_stable_after: float = 60.0  # quiet period before imaging.study.stabilized
     imaging_stable_job_interval: float = 10.0  # mark_stable_studies timer

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def storage_class_supported(sop_class_uid: str) -> bool:
     return uid.type == "SOP Class" and "Storage" in uid.name
 
 
-def _parse_all(paths: list[Path | None]) -> list[ParsedInstance | InstanceRejected | None]:
+def _parse_all(paths: list[Path | str | None]) -> list[ParsedInstance | InstanceRejected | None]:
     out: list[ParsedInstance | InstanceRejected | None] = []
     for path in paths:
         if path is None:
@@ -90,6 +91,24 @@ def _parse_all(paths: list[Path | None]) -> list[ParsedInstance | InstanceReject
         except InstanceRejected as rejected:
             out.append(rejected)
     return out
+
+
+async def _parse_everywhere(uow: UnitOfWork, paths: list[Path | None]) -> list[Any]:
+    """Parse in the worker's parser processes (IMAGING_PARSE_PROCESSES), the parts split between them,
+    so this process's event loop and GIL stay free; in a thread when there are none."""
+    pool = uow.services.parse_pool()
+    if pool is None:
+        return await asyncio.to_thread(_parse_all, paths)
+    loop = asyncio.get_running_loop()
+    n = max(1, min(uow.settings.imaging_parse_processes, len(paths)))
+    size = -(-len(paths) // n)
+    chunks = [[str(p) if p is not None else None for p in paths[i:i + size]] for i in range(0, len(paths), size)]
+    try:
+        done = await asyncio.gather(*(loop.run_in_executor(pool, _parse_all, chunk) for chunk in chunks))
+    except BrokenProcessPool:
+        uow.services.restart_parsers()
+        raise  # retried by the runtime with a fresh pool
+    return [item for chunk in done for item in chunk]
 
 
 @registry.handles(IngestInstances)
@@ -121,7 +140,7 @@ async def ingest_instances(cmd: IngestInstances, uow: UnitOfWork) -> IngestResul
             except BlobNotFound:
                 fail(i, "storage_failed", "the staged bytes of this part are gone")
                 paths.append(None)
-        parsed_all = await asyncio.to_thread(_parse_all, paths)
+        parsed_all = await _parse_everywhere(uow, paths)
     for i, parsed in enumerate(parsed_all):
         part = cmd.parts[i]
         if parsed is None:
