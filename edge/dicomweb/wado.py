@@ -56,7 +56,7 @@ async def _ask(request: Request, payload: Any, result: Any) -> Any:
 
 
 async def locate(request: Request, study: str, series: str | None = None, sop: str | None = None, *,
-                 purpose: str, representative: bool = False) -> list[InstanceLocation]:
+                 purpose: str, representative: bool = False, cached: bool = True) -> list[InstanceLocation]:
     """Where the bytes are. One instance's location is kept by the edge (edge.dicomweb.cache): a
     viewer's frame, rendered and thumbnail requests then skip the broker; those reads are audited by
     the edge, the others by the imaging worker."""
@@ -65,7 +65,7 @@ async def locate(request: Request, study: str, series: str | None = None, sop: s
                         sop_instance_uid=check_uid(sop, "instance") if sop else None,
                         purpose=purpose, representative=representative)
     cache: DicomWebCache = request.app.state.dicomweb
-    single = sop is not None and series is not None
+    single = sop is not None and series is not None and cached
     if single:
         loc = cache.locations.get((study, series, sop))
         if loc is not None:
@@ -156,7 +156,8 @@ async def _instance_bytes(blobs: BlobStore, loc: InstanceLocation, target: str |
 
 
 async def _retrieve(request: Request, study: str, series: str | None, sop: str | None) -> Response[Any]:
-    locations = await locate(request, study, series, sop, purpose="retrieve")
+    # Not from the cache: a whole file is streamed, and a replaced instance must not fail halfway.
+    locations = await locate(request, study, series, sop, purpose="retrieve", cached=False)
     multipart, wanted = _retrieve_choice(request, single=sop is not None)
     plan = [(loc, _serve_as(loc, wanted)) for loc in locations]
     blobs = blob_store(request)
@@ -319,12 +320,15 @@ def _decode_frame(path: Any, number: int) -> bytes:
 async def _frame_bytes(blobs: BlobStore, loc: InstanceLocation, index: PixelIndex, number: int,
                        decode: bool) -> bytes:
     if decode:
-        async with blobs.local_file(loc.blob_key) as path:
-            try:
-                return await asyncio.to_thread(_decode_frame, path, number)
-            except Exception as exc:
-                raise NotAcceptable(f"no decoder for {loc.transfer_syntax_uid}",
-                                    code="transfer_syntax_unavailable") from exc
+        try:
+            async with blobs.local_file(loc.blob_key) as path:
+                try:
+                    return await asyncio.to_thread(_decode_frame, path, number)
+                except Exception as exc:
+                    raise NotAcceptable(f"no decoder for {loc.transfer_syntax_uid}",
+                                        code="transfer_syntax_unavailable") from exc
+        except BlobNotFound as exc:
+            raise NotFound("the instance's bytes are gone", code="instance_not_found") from exc
     ranges = index.frame_ranges(number)
     try:
         chunks = [await blobs.read_range(loc.blob_key, start, length) for start, length in ranges]
@@ -341,7 +345,18 @@ async def _frame_bytes(blobs: BlobStore, loc: InstanceLocation, index: PixelInde
      summary="WADO-RS frames: native as octet-stream, encapsulated as stored (transfer-syntax=*) or decoded")
 async def retrieve_frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response[Any]:
     numbers = parse_frame_list(frames)
-    loc = (await locate(request, study, series, instance, purpose="frames"))[0]
+    try:
+        return await _frames(request, study, series, instance, numbers, cached=True)
+    except NotFound as exc:
+        if exc.code != "instance_not_found":
+            raise
+        # The cached location's bytes are gone (the instance was deleted or replaced): ask again once.
+        return await _frames(request, study, series, instance, numbers, cached=False)
+
+
+async def _frames(request: Request, study: str, series: str, instance: str, numbers: list[int], *,
+                  cached: bool) -> Response[Any]:
+    loc = (await locate(request, study, series, instance, purpose="frames", cached=cached))[0]
     if loc.pixel_index is None:
         raise NotFound("this instance has no pixel data frames", code="no_pixel_data")
     index = _pixel_index(loc)
@@ -408,6 +423,25 @@ def _bulk_value(path: Any, tag_path: list[str]) -> bytes:
     return bytes(element.value)
 
 
+async def _bulk(blobs: BlobStore, loc: InstanceLocation, steps: list[str]) -> tuple[str, list[bytes]]:
+    """(part media type, the value's parts): PixelData from the index (each frame of encapsulated data
+    as one part), any other bulk value by its path in the data set."""
+    if [s.upper() for s in steps] == ["7FE00010"]:
+        if loc.pixel_index is None:
+            raise NotFound("no pixel data", code="bulkdata_not_found")
+        index = PixelIndex.from_json(loc.pixel_index)
+        if index.encapsulated:
+            frames = [await _frame_bytes(blobs, loc, index, n, False) for n in range(1, index.number_of_frames + 1)]
+            return f"application/octet-stream; transfer-syntax={loc.transfer_syntax_uid}", frames
+        data = await blobs.read_range(loc.blob_key, index.offset, index.length or 0)
+        return "application/octet-stream", [_swap(data, loc.bits_allocated) if index.big_endian else data]
+    async with blobs.local_file(loc.blob_key) as local:
+        try:
+            return "application/octet-stream", [await asyncio.to_thread(_bulk_value, local, steps)]
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise NotFound("no bulk data at this path", code="bulkdata_not_found") from exc
+
+
 @get("/dicom-web/studies/{study:str}/series/{series:str}/instances/{instance:str}/bulkdata/{path:path}",
      operation_id="WadoRsBulkdata", opt=READERS, tags=TAGS, summary="The value behind a BulkDataURI")
 async def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, path: str) -> Response[Any]:
@@ -415,26 +449,13 @@ async def retrieve_bulkdata(request: Request, study: str, series: str, instance:
     if not steps or len(steps) % 2 == 0 or any(
             not re.fullmatch(r"[0-9A-Fa-f]{8}", s) for s in steps[::2]) or any(not s.isdigit() for s in steps[1::2]):
         raise BadRequest("a bulk data path is <tag>[/<item>/<tag>…]", code="invalid_bulkdata_path", field="path")
-    loc = (await locate(request, study, series, instance, purpose="bulkdata"))[0]
+    loc = (await locate(request, study, series, instance, purpose="bulkdata", cached=False))[0]
     blobs = blob_store(request)
     boundary = new_boundary()
-    media = "application/octet-stream"
-    if steps == ["7FE00010"] or steps == ["7fe00010"]:
-        if loc.pixel_index is None:
-            raise NotFound("no pixel data", code="bulkdata_not_found")
-        index = PixelIndex.from_json(loc.pixel_index)
-        if index.encapsulated:
-            datas = [await _frame_bytes(blobs, loc, index, n, False) for n in range(1, index.number_of_frames + 1)]
-            media = f"application/octet-stream; transfer-syntax={loc.transfer_syntax_uid}"
-        else:
-            data = await blobs.read_range(loc.blob_key, index.offset, index.length or 0)
-            datas = [_swap(data, loc.bits_allocated) if index.big_endian else data]
-    else:
-        async with blobs.local_file(loc.blob_key) as local:
-            try:
-                datas = [await asyncio.to_thread(_bulk_value, local, steps)]
-            except (KeyError, IndexError, ValueError, TypeError) as exc:
-                raise NotFound("no bulk data at this path", code="bulkdata_not_found") from exc
+    try:
+        media, datas = await _bulk(blobs, loc, steps)
+    except BlobNotFound as exc:
+        raise NotFound("the instance's bytes are gone", code="instance_not_found") from exc
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for data in datas:
@@ -495,6 +516,7 @@ async def _rendered(request: Request, study: str, series: str | None, sop: str |
     except RenderError as exc:
         raise _render_error(exc) from exc
     except BlobNotFound as exc:
+        forget(request, loc)  # deleted or replaced since it was cached: the next request asks again
         raise NotFound("the instance's bytes are gone", code="blob_missing") from exc
     if cache_key is not None:
         await redis.set(cache_key, data, ex=THUMBNAIL_TTL)
