@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from contracts.errors import DomainError
-from contracts.imaging import QidoLevel, QidoReply, QidoSearch
+from contracts.imaging import QidoLevel, QidoSearch
 from edge.access import ADM, PHY, RAD, TECH, dicomweb_roles
 from edge.auth import actor_of
 from edge.dicomweb.cache import DicomWebCache
@@ -89,4 +89,3 @@ async def search_series_instances(request: Request, study: str, series: str) -> 
 
 ROUTES = [search_studies, search_series, search_study_series, search_instances, search_study_instances,
           search_series_instances]
-__all__ = ["QidoReply"]

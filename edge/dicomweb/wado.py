@@ -24,11 +24,9 @@ from edge.access import ADM, PHY, RAD, TECH, dicomweb_roles
 from edge.auth import actor_of
 from edge.dicomweb.cache import DicomWebCache, Lru
 from edge.dicomweb.common import (
-    EXPLICIT_BE,
     EXPLICIT_LE,
     FRAME_MEDIA,
     LOSSY_SYNTAXES,
-    Acceptable,
     accepts_gzip,
     blob_store,
     parse_accept,
@@ -579,4 +577,3 @@ async def frame_thumbnail(request: Request, study: str, series: str, instance: s
 ROUTES = [retrieve_study, retrieve_series, retrieve_instance, study_metadata, series_metadata, instance_metadata,
           retrieve_frames, retrieve_bulkdata, study_rendered, study_thumbnail, series_rendered, series_thumbnail,
           instance_rendered, instance_thumbnail, frame_rendered, frame_thumbnail]
-__all__ = ["EXPLICIT_BE", "Acceptable"]
