@@ -13,7 +13,7 @@ from contracts.imaging import QidoLevel, QidoSearch
 from edge.access import ADM, PHY, RAD, TECH, dicomweb_roles
 from edge.auth import actor_of
 from edge.dicomweb.cache import DicomWebCache
-from edge.dicomweb.common import dicom_json, query_pairs, require_json, warning_header
+from edge.dicomweb.common import accepts_gzip, dicom_json, gzip, query_pairs, require_json, warning_header
 from edge.dicomweb.qido_params import parse_qido
 from edge.dicomweb.wado import check_uid
 
@@ -25,6 +25,7 @@ class _Reply(msgspec.Struct, rename="camel"):
     warnings: list[str]
     items: msgspec.Raw
     patient_ids: list[UUID] = msgspec.field(default_factory=list)
+    gzipped: bytes | None = None  # filled by the edge the first time a client accepts gzip
 
 
 _reply = msgspec.json.Decoder(_Reply)
@@ -52,7 +53,11 @@ async def _search(request: Request, level: QidoLevel, study: str | None = None,
             raise DomainError.from_body(reply.error)
         out = _reply.decode(reply.ok)
         cache.answers.put(key, out)
-    return dicom_json(request, bytes(out.items), headers=warning_header(request, out.warnings))
+    body = bytes(out.items)
+    gzipped = None
+    if accepts_gzip(request) and len(body) > 1024:  # compressed once per cached answer, not per request
+        gzipped = out.gzipped = out.gzipped or gzip(body)
+    return dicom_json(request, body, headers=warning_header(request, out.warnings), gzipped=gzipped)
 
 
 @get("/dicom-web/studies", operation_id="QidoRsStudies", opt=READERS, tags=TAGS,
