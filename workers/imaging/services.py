@@ -21,9 +21,6 @@ class ImagingServices:
     blobs: BlobStore
     parsers: Executor | None = field(default=None)  # header parsing off this process's GIL (None: a thread)
 
-    def parse_pool(self) -> Executor | None:
-        return self.parsers
-
     def restart_parsers(self) -> None:
         """A parser process died (the pool is broken): start a new pool; the message is retried."""
         if self.parsers is not None:

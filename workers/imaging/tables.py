@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, ForeignKey, Integer, MetaData, Table, Text, func
+from sqlalchemy import BigInteger, Column, Date, DateTime, ForeignKey, Integer, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from workers.runtime.tables import stamp_columns
+
 metadata = MetaData(schema="imaging")
-
-
-def _stamps() -> list[Column]:
-    return [
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("version", Integer, nullable=False, server_default="1"),
-    ]
 
 
 studies = Table(
@@ -47,7 +41,7 @@ studies = Table(
     Column("last_instance_at", DateTime(timezone=True), nullable=False),
     Column("stable_at", DateTime(timezone=True)),
     Column("created_by", UUID(as_uuid=True)),
-    *_stamps(),
+    *stamp_columns(),
 )
 
 series = Table(
@@ -66,7 +60,7 @@ series = Table(
     Column("number_of_instances", Integer, nullable=False, server_default="0"),
     Column("attributes", JSONB, nullable=False, server_default="{}"),
     Column("specific_character_set", Text),
-    *_stamps(),
+    *stamp_columns(),
 )
 
 instances = Table(

@@ -5,15 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Date, DateTime, ForeignKey, Integer, MetaData, Numeric, Table, Text, func
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
+from workers.runtime.tables import stamp_columns
+
 metadata = MetaData(schema="patients")
-
-
-def _stamps() -> list[Column]:
-    return [
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("version", Integer, nullable=False, server_default="1"),
-    ]
 
 
 patients = Table(
@@ -35,7 +29,7 @@ patients = Table(
     Column("name_key", Text),  # generated: accent- and case-free "first last"
     Column("dup_key", Text),  # generated: accent- and case-free "first|last"
     Column("name_set", Text),  # generated: the accent- and case-free words of the name, distinct, sorted, spaced
-    *_stamps(),
+    *stamp_columns(),
 )
 
 queue_counters = Table(
@@ -76,7 +70,7 @@ encounters = Table(
     Column("previous_physician_id", UUID(as_uuid=True)),
     Column("previous_room_id", UUID(as_uuid=True)),
     Column("created_by", UUID(as_uuid=True)),
-    *_stamps(),
+    *stamp_columns(),
 )
 
 vital_signs = Table(
@@ -114,7 +108,7 @@ conditions = Table(
     Column("recorded_by", UUID(as_uuid=True)),
     Column("notes", Text),
     Column("deleted_at", DateTime(timezone=True)),
-    *_stamps(),
+    *stamp_columns(),
 )
 
 name_sets = Table("name_sets", metadata, Column("name_set", Text, primary_key=True), Column("words", ARRAY(Text)))

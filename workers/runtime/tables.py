@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, Text, func
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, Table, Text, func
 from sqlalchemy.dialects.postgresql import UUID
+
+
+def stamp_columns() -> list[Column]:
+    """created_at, updated_at and version (optimistic concurrency, ETag) of a domain row."""
+    return [
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("version", Integer, nullable=False, server_default="1"),
+    ]
 
 
 def inbox_table(metadata: MetaData, schema: str) -> Table:

@@ -14,13 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from pydicom.uid import UID
 from sqlalchemy import Row, Text, cast, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -39,9 +37,10 @@ from contracts.imaging import (
 )
 from contracts.imaging import InstanceRejected as InstanceRejectedEvent
 from contracts.patients import FindByMrn, PatientRef
-from workers.imaging.dicom_file import InstanceRejected, ParsedInstance, parse_instance
+from workers.imaging.dicom_file import InstanceRejected, ParsedInstance
 from workers.imaging.handlers import registry
 from workers.imaging.handlers.dicomweb import bump_generation
+from workers.imaging.parsing import parse_everywhere, storage_class_supported
 from workers.imaging.tables import instances, series, studies
 from workers.imaging.views import study_event
 from workers.runtime.unit_of_work import UnitOfWork
@@ -72,43 +71,12 @@ class Candidate:
     old_blob: str | None = None
 
 
-def storage_class_supported(sop_class_uid: str) -> bool:
-    """Known SOP classes must be storage classes; private (unknown) ones are accepted as stored."""
-    uid = UID(sop_class_uid)
-    if not uid.is_valid or uid.name == sop_class_uid:
-        return True
-    return uid.type == "SOP Class" and "Storage" in uid.name
+@dataclass(slots=True)
+class Writes:
+    """What this command's writes created or made unreachable, for its events and after-commit work."""
 
-
-def _parse_all(paths: list[Path | str | None]) -> list[ParsedInstance | InstanceRejected | None]:
-    out: list[ParsedInstance | InstanceRejected | None] = []
-    for path in paths:
-        if path is None:
-            out.append(None)
-            continue
-        try:
-            out.append(parse_instance(path))
-        except InstanceRejected as rejected:
-            out.append(rejected)
-    return out
-
-
-async def _parse_everywhere(uow: UnitOfWork, paths: list[Path | None]) -> list[Any]:
-    """Parse in the worker's parser processes (IMAGING_PARSE_PROCESSES), the parts split between them,
-    so this process's event loop and GIL stay free; in a thread when there are none."""
-    pool = uow.services.parse_pool()
-    if pool is None:
-        return await asyncio.to_thread(_parse_all, paths)
-    loop = asyncio.get_running_loop()
-    n = max(1, min(uow.settings.imaging_parse_processes, len(paths)))
-    size = -(-len(paths) // n)
-    chunks = [[str(p) if p is not None else None for p in paths[i:i + size]] for i in range(0, len(paths), size)]
-    try:
-        done = await asyncio.gather(*(loop.run_in_executor(pool, _parse_all, chunk) for chunk in chunks))
-    except BrokenProcessPool:
-        uow.services.restart_parsers()
-        raise  # retried by the runtime with a fresh pool
-    return [item for chunk in done for item in chunk]
+    new_studies: set[UUID] = field(default_factory=set)
+    old_blobs: set[str] = field(default_factory=set)
 
 
 @registry.handles(IngestInstances)
@@ -140,7 +108,7 @@ async def ingest_instances(cmd: IngestInstances, uow: UnitOfWork) -> IngestResul
             except BlobNotFound:
                 fail(i, "storage_failed", "the staged bytes of this part are gone")
                 paths.append(None)
-        parsed_all = await _parse_everywhere(uow, paths)
+        parsed_all = await parse_everywhere(uow.services, paths)
     for i, parsed in enumerate(parsed_all):
         part = cmd.parts[i]
         if parsed is None:
@@ -181,12 +149,13 @@ async def ingest_instances(cmd: IngestInstances, uow: UnitOfWork) -> IngestResul
 
     # 5: patient by MRN; 8: study and series.
     patients = await _match_patients(uow, fresh)
-    fresh = await _lock_studies(uow, fresh, patients, fail)
+    writes = Writes()
+    fresh = await _lock_studies(uow, fresh, patients, fail, writes)
     fresh = await _lock_series(uow, fresh, fail)
 
     # 9: promote, then index.
-    stored = await _promote_and_insert(uow, blobs, fresh, results, cmd, fail)
-    await _update_counters(uow, stored, cmd)
+    stored = await _promote_and_insert(uow, blobs, fresh, results, cmd, fail, writes)
+    await _update_counters(uow, stored, cmd, writes)
     if stored:
         uow.after_commit(lambda: bump_generation(uow))
 
@@ -289,7 +258,7 @@ def _pid(c: Candidate) -> str:
 
 
 async def _lock_studies(uow: UnitOfWork, fresh: list[Candidate], patients: dict[str, UUID | None],
-                        fail: Any) -> list[Candidate]:
+                        fail: Any, writes: Writes) -> list[Candidate]:
     """Check 8 for studies: insert-or-get each study, locked for this transaction."""
     by_uid: dict[str, list[Candidate]] = defaultdict(list)
     for c in fresh:
@@ -310,7 +279,7 @@ async def _lock_studies(uow: UnitOfWork, fresh: list[Candidate], patients: dict[
                 .returning(studies.c.id)
             )).first()
             if inserted is not None:
-                uow.batch.setdefault("new_studies", set()).add(inserted.id)
+                writes.new_studies.add(inserted.id)
                 for c in group:
                     _study_check(c, inserted.id, patient_id, _pid(head), patients, None, ok, fail)
                 continue
@@ -402,7 +371,8 @@ async def _lock_series(uow: UnitOfWork, fresh: list[Candidate], fail: Any) -> li
 
 
 async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Candidate],
-                              results: list[InstanceResult | None], cmd: IngestInstances, fail: Any) -> list[Candidate]:
+                              results: list[InstanceResult | None], cmd: IngestInstances, fail: Any,
+                              writes: Writes) -> list[Candidate]:
     if not fresh:
         return []
     keys = [blobs.final_key(c.parsed.study_instance_uid, c.sha256) for c in fresh]
@@ -445,8 +415,7 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
     replaced = [c for c, _ in ready if c.replaces is not None]
     if replaced:
         await uow.conn.execute(delete(instances).where(instances.c.id.in_([c.replaces for c in replaced])))
-        olds = {c.old_blob for c in replaced if c.old_blob}
-        uow.batch["old_blobs"] = olds
+        writes.old_blobs = {c.old_blob for c in replaced if c.old_blob}
     inserted = {r.sop_instance_uid: r.id for r in (await uow.conn.execute(_INSERT_INSTANCES, rows)).all()}
     stored: list[Candidate] = []
     lost = [c for c, _ in ready if c.parsed.sop_instance_uid not in inserted]
@@ -462,7 +431,7 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
             series_instance_uid=c.parsed.series_instance_uid, study_id=c.study_id, series_id=c.series_id,
             instance_id=iid, reason="replaced the stored bytes" if c.replaces else None)
         stored.append(c)
-    olds: set[str] = uow.batch.get("old_blobs", set())
+    olds = writes.old_blobs
     if olds:  # content-addressed: keep an old blob another instance (or the new bytes) still uses
         still = set((await uow.conn.execute(
             select(instances.c.blob_key).where(instances.c.blob_key.in_(olds))
@@ -476,7 +445,7 @@ async def _discard_final(blobs: BlobStore, keys: list[str]) -> None:
     await asyncio.gather(*(blobs.delete(k) for k in keys), return_exceptions=True)
 
 
-async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: IngestInstances) -> None:
+async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: IngestInstances, writes: Writes) -> None:
     if not stored:
         return
     per_series: dict[UUID, int] = defaultdict(int)
@@ -491,7 +460,6 @@ async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: Ingest
             .values(number_of_instances=series.c.number_of_instances + per_series[series_id],
                     updated_at=uow.now, version=series.c.version + 1)
         )
-    new_studies: set[UUID] = uow.batch.get("new_studies", set())
     for study_id in sorted(per_study):
         group = per_study[study_id]
         modalities = (
@@ -507,7 +475,7 @@ async def _update_counters(uow: UnitOfWork, stored: list[Candidate], cmd: Ingest
                     updated_at=uow.now, version=studies.c.version + 1)
             .returning(studies)
         )).one()
-        if study_id in new_studies:
+        if study_id in writes.new_studies:
             uow.emit(study_event(StudyReceived, row))
         uow.emit(InstancesStored(
             study_id=study_id, study_instance_uid=row.study_instance_uid, patient_id=row.patient_id,
