@@ -32,7 +32,9 @@ from contracts.settings import Settings, get_settings
 from edge.access import Access
 from edge.auth import AuthMiddleware, RateWindow, close_auth, open_auth
 from edge.bus import RefusalAuditor
+from edge.dicomweb import frames as dicomweb_frames
 from edge.dicomweb import qido as dicomweb_qido
+from edge.dicomweb import rendered as dicomweb_rendered
 from edge.dicomweb import stow as dicomweb_stow
 from edge.dicomweb import wado as dicomweb_wado
 from edge.dicomweb.cache import DicomWebCache
@@ -201,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                       expose_headers=["Location", "ETag", "Retry-After", "X-Correlation-ID",
                                       "Idempotent-Replayed", "Warning", "Content-Location", "Content-Encoding"])
     groups = (ops, auth, users, departments, organisation, scheduling, signing, patients, encounters, notifications,
-              audit, admin, studies, dicomweb_stow, dicomweb_qido, dicomweb_wado)
+              audit, admin, studies, dicomweb_stow, dicomweb_qido, dicomweb_wado, dicomweb_frames, dicomweb_rendered)
     routes: list[Any] = [*(route for group in groups for route in group.ROUTES), _swagger_router()]
     app = Litestar(
         route_handlers=routes,
