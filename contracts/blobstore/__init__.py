@@ -97,12 +97,13 @@ class BlobStore(abc.ABC):
         """Where the blob with this content belongs. ValueError for a malformed UID or digest."""
 
     @abc.abstractmethod
-    async def promote(self, staging_key: str, final_key: str) -> None:
+    async def promote(self, staging_key: str, final_key: str) -> bool:
         """Atomically make the staged bytes available under `final_key`. The filesystem keeps the staged copy (a
         hard link) until `discard`, so a command redelivered after a crash before its commit finds it again;
         Cloudinary renames it. Callers `discard` the staging key after their commit either way. Idempotent: again
-        after success, or when `final_key` already holds the content, it succeeds. BlobNotFound when neither the
-        staged blob nor the final one exists."""
+        after success, or when `final_key` already holds the content, it succeeds. True when this call created the
+        final blob, False when it was there already (a caller that rolls back deletes only what it created).
+        BlobNotFound when neither the staged blob nor the final one exists."""
 
     @abc.abstractmethod
     async def discard(self, staging_key: str) -> None:

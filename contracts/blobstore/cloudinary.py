@@ -277,28 +277,31 @@ class CloudinaryBlobStore(BlobStore):
             log.warning("blobstore: could not remove %s after an interrupted upload (%s)", public_id, undo_exc)
 
     # ---- promote / delete
-    async def promote(self, staging_key: str, final_key: str) -> None:
+    async def promote(self, staging_key: str, final_key: str) -> bool:
         source = self._public_id(staging_key)
         target = self._public_id(final_key)
         if not self._is_staging(source) or self._is_staging(target):
             raise ValueError(f"promote needs a staging key and a final key, got {staging_key!r} → {final_key!r}")
-        await self._run(self._promote_sync, source, target)
+        return await self._run(self._promote_sync, source, target)
 
-    def _promote_sync(self, source: str, target: str) -> None:
+    def _promote_sync(self, source: str, target: str) -> bool:
         try:
             cloudinary.uploader.rename(
                 source,
                 target,
                 resource_type=RESOURCE_TYPE,
                 type=DELIVERY_TYPE,
-                overwrite=True,
+                overwrite=False,  # content-addressed: an existing target already holds these bytes
                 timeout=self._timeout,
                 **self._api,
             )
+        except cloudinary.exceptions.AlreadyExists:
+            return False  # the staged copy stays until the caller discards it
         except cloudinary.exceptions.NotFound:
             if self._resource_sync(target) is None:
                 raise BlobNotFound(source) from None
-            # promoted before: the staged copy is gone and the final one is there
+            return False  # promoted before: the staged copy is gone and the final one is there
+        return True
 
     async def discard(self, staging_key: str) -> None:
         public_id = self._public_id(staging_key)

@@ -263,33 +263,34 @@ class FilesystemBlobStore(BlobStore):
         spool.finish_sync(b"", publish_to)
 
     # ---- promote / delete
-    async def promote(self, staging_key: str, final_key: str) -> None:
+    async def promote(self, staging_key: str, final_key: str) -> bool:
         source = self._staging_path(staging_key)
         target = self.path(final_key)
         if target.parent == self.staging_dir:
             raise ValueError(f"not a final key: {final_key!r}")
-        await self._run(self._promote_sync, staging_key, source, target)
+        return await self._run(self._promote_sync, staging_key, source, target)
 
-    def _promote_sync(self, staging_key: str, source: Path, target: Path) -> None:
+    def _promote_sync(self, staging_key: str, source: Path, target: Path) -> bool:
         """A hard link, not a move: the staged copy stays until `discard` (after the commit), so a
         command redelivered after a crash between promotion and commit still finds its bytes.
         Content-addressed: a target that exists already holds the same bytes."""
         try:
             os.link(source, target)
         except FileExistsError:
-            return
+            return False
         except FileNotFoundError:
             if not os.path.exists(source):
                 if os.path.exists(target):
-                    return  # promoted and discarded before
+                    return False  # promoted and discarded before
                 raise BlobNotFound(staging_key) from None
             self._makedirs_durable(target.parent)
             try:
                 os.link(source, target)
             except FileExistsError:
-                return
+                return False
         if self._durable:
             fsync_dir(target.parent)
+        return True
 
     def _makedirs_durable(self, directory: Path) -> None:
         missing: list[Path] = []

@@ -213,15 +213,15 @@ async def test_promote_is_idempotent(subject: Subject) -> None:
     final = store.final_key(STUDY, blob.sha256)
     assert not await store.exists(final)
 
-    await store.promote(blob.key, final)
+    assert await store.promote(blob.key, final) is True  # created it
     assert await store.exists(final)
-    await store.promote(blob.key, final)  # again after success (a redelivered command)
+    assert await store.promote(blob.key, final) is False  # again after success (a redelivered command)
     await store.discard(blob.key)  # what callers do after their commit
     assert subject.staged() == []
-    await store.promote(blob.key, final)  # promoted and discarded before: still fine
+    assert await store.promote(blob.key, final) is False  # promoted and discarded before: still fine
 
     again = await store.stage(chunked(data), max_bytes=MB)  # the same content arriving twice
-    await store.promote(again.key, final)  # final already holds it: fine
+    assert await store.promote(again.key, final) is False  # final already holds it: fine, not ours to delete
     await store.discard(again.key)
     assert subject.staged() == []
     assert await store.read_range(final, 0, len(data)) == data

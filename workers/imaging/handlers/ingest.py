@@ -376,11 +376,10 @@ async def _promote_and_insert(uow: UnitOfWork, blobs: BlobStore, fresh: list[Can
     if not fresh:
         return []
     keys = [blobs.final_key(c.parsed.study_instance_uid, c.sha256) for c in fresh]
-    existed = await asyncio.gather(*(blobs.exists(k) for k in keys))
-    created = [k for k, e in zip(keys, existed, strict=True) if not e]
-    uow.on_rollback(lambda: _discard_final(blobs, created))
     outcomes = await asyncio.gather(*(blobs.promote(c.staging_key, k) for c, k in zip(fresh, keys, strict=True)),
                                     return_exceptions=True)
+    created = [k for k, outcome in zip(keys, outcomes, strict=True) if outcome is True]
+    uow.on_rollback(lambda: _discard_final(blobs, created))  # only what this command made; shared blobs stay
     ready: list[tuple[Candidate, str]] = []
     for c, key, outcome in zip(fresh, keys, outcomes, strict=True):
         if isinstance(outcome, BaseException):
